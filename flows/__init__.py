@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only, each readable as the list of its stages."""

@@ -1,0 +1,1 @@
+"""The only code that knows file names, formats and the store's layout."""

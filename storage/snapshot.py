@@ -1,0 +1,151 @@
+"""The graph snapshot's on-disk format (Parquet), written by ingest and read by later stages.
+
+A snapshot directory holds:
+
+- ``edges.parquet``: ``src``, ``dst`` contiguous node ids of each undirected edge once, with
+  ``src < dst``, sorted, no self-loops or duplicates (int32 below 2**31 nodes, else int64).
+- ``nodes.parquet``: one row per node in contiguous-id order: ``node_id`` (the user's id, integer
+  or string), ``label`` (int32, -1 = unlabeled), ``split`` (int8: 0 none, 1 train, 2 val, 3 test).
+- ``features.parquet`` (absent for a featureless graph): dense as one ``x`` column of
+  ``fixed_size_list<float32>[d]``; sparse as ``indices`` (``list<int32>``) and ``values``
+  (``list<float32>``) per row, whose list offsets are the CSR ``indptr``.
+- ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2, 3
+SPLIT_NAMES = {SPLIT_TRAIN: "train", SPLIT_VAL: "val", SPLIT_TEST: "test"}
+
+EDGES, NODES, FEATURES = "edges.parquet", "nodes.parquet", "features.parquet"
+
+Features = np.ndarray | sp.csr_matrix
+
+
+@dataclass
+class GraphTables:
+    """A snapshot's content in memory."""
+
+    src: np.ndarray  # canonical undirected edges, src < dst, sorted and unique
+    dst: np.ndarray
+    node_ids: pa.Array  # the user's ids; position = contiguous id
+    labels: np.ndarray  # int, -1 = unlabeled
+    split: np.ndarray  # int8 codes
+    features: Features | None
+    label_names: list[str] | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_ids)
+
+
+def id_dtype(num_nodes: int) -> np.dtype:
+    return np.dtype(np.int32) if num_nodes < 2**31 - 1 else np.dtype(np.int64)
+
+
+def write_snapshot(directory: str | os.PathLike, tables: GraphTables) -> list[str]:
+    """Write the tables into ``directory``; returns the file names written."""
+    d = Path(directory)
+    dtype = id_dtype(tables.num_nodes)
+    pq.write_table(
+        pa.table({"src": tables.src.astype(dtype, copy=False), "dst": tables.dst.astype(dtype, copy=False)}),
+        d / EDGES,
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "node_id": tables.node_ids,
+                "label": pa.array(tables.labels.astype(np.int32, copy=False)),
+                "split": pa.array(tables.split.astype(np.int8, copy=False)),
+            }
+        ),
+        d / NODES,
+    )
+    files = [EDGES, NODES]
+    if tables.features is not None:
+        pq.write_table(features_table(tables.features), d / FEATURES)
+        files.append(FEATURES)
+    return files
+
+
+def features_table(x: Features) -> pa.Table:
+    if sp.issparse(x):
+        x = sp.csr_matrix(x, dtype=np.float32)
+        x.sort_indices()
+        offsets = pa.array(x.indptr.astype(np.int32 if x.nnz < 2**31 else np.int64))
+        list_type = pa.list_ if x.nnz < 2**31 else pa.large_list
+        indices = _list_array(list_type, offsets, pa.array(x.indices.astype(np.int32)))
+        values = _list_array(list_type, offsets, pa.array(x.data.astype(np.float32)))
+        schema = pa.schema(
+            [pa.field("indices", indices.type), pa.field("values", values.type)],
+            metadata={b"num_features": str(x.shape[1]).encode()},
+        )
+        return pa.table([indices, values], schema=schema)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    flat = pa.array(x.reshape(-1))
+    column = pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
+    schema = pa.schema([pa.field("x", column.type)], metadata={b"num_features": str(x.shape[1]).encode()})
+    return pa.table([column], schema=schema)
+
+
+def _list_array(list_type, offsets: pa.Array, values: pa.Array) -> pa.Array:
+    if list_type is pa.list_:
+        return pa.ListArray.from_arrays(offsets, values)
+    return pa.LargeListArray.from_arrays(offsets, values)
+
+
+def read_edges(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    t = pq.read_table(Path(directory) / EDGES)
+    return (
+        t.column("src").combine_chunks().to_numpy(),
+        t.column("dst").combine_chunks().to_numpy(),
+    )
+
+
+def read_nodes(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels int64, split int8)`` in contiguous-id order."""
+    t = pq.read_table(Path(directory) / NODES, columns=["label", "split"])
+    labels = t.column("label").combine_chunks().to_numpy().astype(np.int64)
+    split = t.column("split").combine_chunks().to_numpy().astype(np.int8)
+    return labels, split
+
+
+def read_node_ids(directory: str | os.PathLike) -> pa.Array:
+    return pq.read_table(Path(directory) / NODES, columns=["node_id"]).column("node_id").combine_chunks()
+
+
+def has_features(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / FEATURES).exists()
+
+
+def read_features(directory: str | os.PathLike) -> Features | None:
+    """Dense ``float32`` array or scipy CSR matrix, or ``None`` for a featureless graph."""
+    path = Path(directory) / FEATURES
+    if not path.exists():
+        return None
+    t = pq.read_table(path)
+    num_features = int(t.schema.metadata[b"num_features"])
+    if "x" in t.column_names:
+        col = t.column("x").combine_chunks()
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(len(col), num_features)
+    indices = t.column("indices").combine_chunks()
+    values = t.column("values").combine_chunks()
+    indptr = indices.offsets.to_numpy().astype(np.int64)
+    return sp.csr_matrix(
+        (
+            values.values.to_numpy().astype(np.float32, copy=False),
+            indices.values.to_numpy().astype(np.int32, copy=False),
+            indptr,
+        ),
+        shape=(len(indices), num_features),
+    )

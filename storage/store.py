@@ -1,0 +1,193 @@
+"""The store's layout, manifests and the small references that tasks pass around.
+
+::
+
+    <store>/graphs/<name>/
+        CURRENT.json                 the snapshot the next stages use
+        history.jsonl                every snapshot ever made current, with its time
+        snapshots/<fingerprint>/     ingest output (Parquet) + manifest.json
+        features/<fingerprint>/      normalized features (.npy) + statistics + manifest.json
+        partitions/<fingerprint>/    METIS clusters and the permuted CSR (.npy) + manifest.json
+        node_data/<fingerprint>/     features, labels, split in partition order (.npy) + manifest.json
+        checkpoints/<key>/           training checkpoints (last.pt, best.pt)
+        predictions/<fingerprint>/   scored nodes (Parquet) + manifest.json
+
+Every directory is published whole (see :mod:`storage.atomic`); a directory with a
+``manifest.json`` is complete. Fingerprints cover the inputs' content and the parameters, so a
+changed graph never reuses a stale output.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from storage.atomic import read_json, write_bytes, write_json
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """A published graph snapshot."""
+
+    path: str
+    name: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class FeaturesRef:
+    """Normalized features of a snapshot, in the snapshot's node order."""
+
+    path: str
+    fingerprint: str
+    method: str
+
+
+@dataclass(frozen=True)
+class PartitionRef:
+    """A METIS partition with its permuted graph and node data."""
+
+    path: str
+    fingerprint: str
+    num_parts: int
+
+
+@dataclass(frozen=True)
+class NodeDataRef:
+    """Normalized features, labels and split laid out in a partition's node order."""
+
+    path: str
+    fingerprint: str
+    partition: PartitionRef
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version, plus the git commit when run from a checkout."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("graphpipe")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{version}+{sha}" if sha else version
+
+
+def make_manifest(
+    kind: str,
+    fingerprint: str,
+    *,
+    params: dict[str, Any],
+    inputs: dict[str, Any],
+    counts: dict[str, Any],
+    files: list[str],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "fingerprint": fingerprint,
+        "params": params,
+        "inputs": inputs,
+        "counts": counts,
+        "files": sorted(files),
+        "code_version": code_version(),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Write the manifest last: its presence marks the directory complete."""
+    write_json(Path(directory) / MANIFEST, manifest)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    return read_json(Path(directory) / MANIFEST)
+
+
+def is_complete(directory: str | os.PathLike) -> bool:
+    d = Path(directory)
+    if not (d / MANIFEST).is_file():
+        return False
+    try:
+        manifest = read_manifest(d)
+    except (OSError, ValueError):
+        return False
+    return manifest.get("format_version") == FORMAT_VERSION and all(
+        (d / f).exists() for f in manifest.get("files", [])
+    )
+
+
+class Store:
+    """Paths of one store root (a local directory; shared between workers as a network mount)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+
+    def graph_dir(self, name: str) -> Path:
+        return self.root / "graphs" / name
+
+    def snapshot_dir(self, name: str, fingerprint: str) -> Path:
+        return self.graph_dir(name) / "snapshots" / fingerprint
+
+    def features_dir(self, name: str, fingerprint: str) -> Path:
+        return self.graph_dir(name) / "features" / fingerprint
+
+    def partition_dir(self, name: str, fingerprint: str) -> Path:
+        return self.graph_dir(name) / "partitions" / fingerprint
+
+    def node_data_dir(self, name: str, fingerprint: str) -> Path:
+        return self.graph_dir(name) / "node_data" / fingerprint
+
+    def checkpoint_dir(self, name: str, key: str) -> Path:
+        return self.graph_dir(name) / "checkpoints" / key
+
+    def predictions_dir(self, name: str, fingerprint: str) -> Path:
+        return self.graph_dir(name) / "predictions" / fingerprint
+
+    # -- the current snapshot -------------------------------------------------------------
+    def current_snapshot(self, name: str) -> SnapshotRef | None:
+        pointer = self.graph_dir(name) / "CURRENT.json"
+        if not pointer.is_file():
+            return None
+        ref = SnapshotRef(**read_json(pointer))
+        return ref if is_complete(ref.path) else None
+
+    def set_current(self, ref: SnapshotRef) -> None:
+        """Point ``CURRENT.json`` at ``ref`` (atomic) and append it to ``history.jsonl``."""
+        gdir = self.graph_dir(ref.name)
+        previous = self.current_snapshot(ref.name)
+        write_json(gdir / "CURRENT.json", asdict(ref))
+        if previous is None or previous.fingerprint != ref.fingerprint:
+            line = json.dumps(
+                {**asdict(ref), "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            )
+            history = gdir / "history.jsonl"
+            old = history.read_bytes() if history.exists() else b""
+            write_bytes(history, old + line.encode() + b"\n")
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        path = self.graph_dir(name) / "history.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
