@@ -1,0 +1,213 @@
+"""Cluster-GCN batches: several clusters with every edge between their nodes.
+
+Clusters are contiguous ranges of the partitioned node order (see :mod:`storage.arrays`), so a
+batch's rows and their CSR segments are a handful of contiguous slices of memory-mapped arrays:
+assembling a batch reads only those slices and is vectorized over nodes and edges (the only Python
+loop is over the batch's clusters).
+
+Adjacency normalizations (``kind``):
+
+- ``gcn``: ``D^-1/2 (A + I) D^-1/2`` with ``D`` the degree in the (sub)graph plus one, as
+  ``GCNConv`` computes it (Kipf & Welling 2017);
+- ``sage``: ``A`` with unit weights; ``SAGEConv``'s mean aggregation divides by the degree.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from storage.arrays import ClusterGraph
+from storage.snapshot import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
+
+Kind = Literal["gcn", "sage"]
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+@dataclass
+class Batch:
+    """One training mini-batch in local ids ``0..n-1`` (``nodes[i]`` is the global id of ``i``)."""
+
+    nodes: np.ndarray
+    x: torch.Tensor
+    y: torch.Tensor
+    train_mask: torch.Tensor
+    adj: torch.Tensor  # sparse CSR (n, n)
+    num_edges: int  # directed adjacency entries between batch nodes, self-loops excluded
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            self.nodes,
+            self.x.to(device, non_blocking=True),
+            self.y.to(device, non_blocking=True),
+            self.train_mask.to(device, non_blocking=True),
+            self.adj.to(device),
+            self.num_edges,
+        )
+
+
+def epoch_batches(num_parts: int, clusters_per_batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle the clusters and cut them into batches of ``clusters_per_batch`` (last may be smaller)."""
+    order = rng.permutation(num_parts)
+    return [np.sort(order[i : i + clusters_per_batch]) for i in range(0, num_parts, clusters_per_batch)]
+
+
+def ranges_concat(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(a, b) for a, b in zip(starts, stops)])``, vectorized."""
+    sizes = stops - starts
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.cumsum(sizes) - sizes
+    return np.repeat(starts - offsets, sizes) + np.arange(total, dtype=np.int64)
+
+
+def _gather_rows(graph: ClusterGraph, starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row degrees and concatenated neighbour lists of the node ranges ``[starts, stops)``."""
+    degs, cols = [], []
+    for a, b in zip(starts.tolist(), stops.tolist()):
+        ptr = np.asarray(graph.indptr[a : b + 1])
+        degs.append(np.diff(ptr))
+        cols.append(np.asarray(graph.indices[ptr[0] : ptr[-1]]))
+    return np.concatenate(degs), np.concatenate(cols).astype(np.int64, copy=False)
+
+
+def batch_subgraph(graph: ClusterGraph, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The induced subgraph of ``clusters`` (sorted): ``(nodes, crow, col)`` in local ids.
+
+    Keeps every edge whose two ends lie in the batch, inside a cluster and between the batch's
+    clusters; ``col`` is sorted within each row.
+    """
+    clusters = np.asarray(clusters, dtype=np.int64)
+    starts, stops = graph.cluster_ptr[clusters], graph.cluster_ptr[clusters + 1]
+    nodes = ranges_concat(starts, stops)
+    deg, cols = _gather_rows(graph, starts, stops)
+    # local id of a global node g in batch cluster c: offset[c] + g - cluster_ptr[c]
+    offset = np.full(graph.num_parts, -1, dtype=np.int64)
+    sizes = stops - starts
+    offset[clusters] = np.cumsum(sizes) - sizes
+    col_cluster = np.asarray(graph.node_cluster[cols]).astype(np.int64, copy=False)
+    local_base = offset[col_cluster]
+    keep = local_base >= 0
+    col = (local_base + cols - graph.cluster_ptr[col_cluster])[keep]
+    row = np.repeat(np.arange(len(nodes), dtype=np.int64), deg)[keep]
+    crow = np.zeros(len(nodes) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row, minlength=len(nodes)), out=crow[1:])
+    return nodes, crow, col
+
+
+def add_self_loops_csr(crow: np.ndarray, col: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Insert the diagonal entry ``(r, r)`` into each row, keeping columns sorted.
+
+    Requires sorted columns per row and no existing diagonal; vectorized by computing each entry's
+    position in the output directly.
+    """
+    counts = np.diff(crow)
+    row = np.repeat(np.arange(num_rows, dtype=np.int64), counts)
+    after_diag = col > row
+    out = np.empty(len(col) + num_rows, dtype=np.int64)
+    pos = np.arange(len(col), dtype=np.int64) + row + after_diag
+    out[pos] = col
+    less = np.bincount(row[~after_diag], minlength=num_rows)
+    out[crow[:-1] + np.arange(num_rows) + less] = np.arange(num_rows)
+    return crow + np.arange(num_rows + 1), out
+
+
+def gcn_values(crow: np.ndarray, col: np.ndarray, deg_rows: np.ndarray, deg_cols: np.ndarray) -> np.ndarray:
+    """``1 / sqrt(deg_rows[r] * deg_cols[c])`` for each entry (degrees already include the self-loop)."""
+    dinv_rows = 1.0 / np.sqrt(deg_rows.astype(np.float32))
+    dinv_cols = 1.0 / np.sqrt(deg_cols.astype(np.float32))
+    row = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+    return (dinv_rows[row] * dinv_cols[col]).astype(np.float32)
+
+
+def sparse_csr(crow: np.ndarray, col: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(values), size=shape, check_invariants=False
+    )
+
+
+def normalized_adjacency(crow: np.ndarray, col: np.ndarray, kind: Kind) -> torch.Tensor:
+    """The square batch adjacency for ``kind`` (see the module docstring)."""
+    n = len(crow) - 1
+    if kind == "sage":
+        return sparse_csr(crow, col, np.ones(len(col), dtype=np.float32), (n, n))
+    deg = np.diff(crow) + 1
+    crow2, col2 = add_self_loops_csr(crow, col, n)
+    return sparse_csr(crow2, col2, gcn_values(crow2, col2, deg, deg), (n, n))
+
+
+def build_batch(graph: ClusterGraph, clusters: np.ndarray, kind: Kind) -> Batch:
+    """Assemble the batch of ``clusters``: node data, train mask and normalized adjacency."""
+    clusters = np.sort(np.asarray(clusters, dtype=np.int64))
+    nodes, crow, col = batch_subgraph(graph, clusters)
+    ranges = list(zip(graph.cluster_ptr[clusters].tolist(), graph.cluster_ptr[clusters + 1].tolist()))
+    x, y, split = (np.concatenate([np.asarray(arr[a:b]) for a, b in ranges]) for arr in (graph.x, graph.y, graph.split))
+    return Batch(
+        nodes=nodes,
+        x=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        y=torch.from_numpy(y.astype(np.int64, copy=False)),
+        train_mask=torch.from_numpy(split == SPLIT_TRAIN),
+        adj=normalized_adjacency(crow, col, kind),
+        num_edges=len(col),
+    )
+
+
+@dataclass
+class RowBlock:
+    """Rows ``[start, stop)`` of the full graph with all their neighbours, for layer-wise inference.
+
+    ``sources`` lists the global ids whose features the block needs: the block's own rows first
+    (local ids ``0..stop-start-1``), then the outside neighbours (the halo).
+    """
+
+    start: int
+    stop: int
+    sources: np.ndarray
+    adj: torch.Tensor  # sparse CSR (stop - start, len(sources))
+
+
+def row_block(graph: ClusterGraph, start: int, stop: int, kind: Kind) -> RowBlock:
+    """The full-graph adjacency rows ``[start, stop)`` over all their neighbours."""
+    ptr = np.asarray(graph.indptr[start : stop + 1]).astype(np.int64)
+    cols = np.asarray(graph.indices[ptr[0] : ptr[-1]]).astype(np.int64)
+    crow = ptr - ptr[0]
+    n = stop - start
+    outside = (cols < start) | (cols >= stop)
+    halo, halo_inverse = np.unique(cols[outside], return_inverse=True)
+    local = cols - start
+    local[outside] = n + halo_inverse
+    # sort columns within rows (inside ids < n <= halo ids changes the order)
+    row = np.repeat(np.arange(n, dtype=np.int64), np.diff(crow))
+    order = np.lexsort((local, row))
+    local = local[order]
+    sources = np.concatenate([np.arange(start, stop, dtype=np.int64), halo])
+    shape = (n, len(sources))
+    if kind == "sage":
+        return RowBlock(start, stop, sources, sparse_csr(crow, local, np.ones(len(local), np.float32), shape))
+    indptr = graph.indptr
+    deg_src = (np.asarray(indptr[sources + 1]) - np.asarray(indptr[sources])) + 1
+    crow2, col2 = add_self_loops_csr(crow, local, n)
+    values = gcn_values(crow2, col2, deg_src[:n], deg_src)
+    return RowBlock(start, stop, sources, sparse_csr(crow2, col2, values, shape))
+
+
+def block_bounds(graph: ClusterGraph, target_nodes: int) -> list[tuple[int, int]]:
+    """Cut the node order into blocks of whole consecutive clusters of at least ``target_nodes``
+    (the last block may be smaller)."""
+    ptr = graph.cluster_ptr.tolist()
+    bounds, start = [], 0
+    for c in range(1, len(ptr)):
+        if (ptr[c] - start >= target_nodes or c == len(ptr) - 1) and ptr[c] > start:
+            bounds.append((start, ptr[c]))
+            start = ptr[c]
+    return bounds
+
+
+def split_masks(split: np.ndarray) -> dict[str, np.ndarray]:
+    return {"train": split == SPLIT_TRAIN, "val": split == SPLIT_VAL, "test": split == SPLIT_TEST}

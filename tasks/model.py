@@ -1,0 +1,105 @@
+"""The GNN: PyG ``GCNConv`` (default) or ``SAGEConv`` layers, run on sparse adjacency matrices.
+
+Training and layer-wise inference pass a pre-normalized sparse CSR adjacency
+(:mod:`tasks.batching`), so each layer is one sparse-dense matrix product instead of
+scatter-based message passing. The same layers also accept an ``edge_index`` (with GCN
+normalization computed by PyG), which is what the exported predictor uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GCNConv, SAGEConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is needed to rebuild the model around saved weights."""
+
+    kind: Literal["gcn", "sage"]
+    in_dim: int
+    hidden: int
+    out_dim: int
+    num_layers: int
+    dropout: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GNN(nn.Module):
+    """``num_layers`` graph convolutions with ReLU and dropout between them."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        dims = [spec.in_dim] + [spec.hidden] * (spec.num_layers - 1) + [spec.out_dim]
+        self.convs = nn.ModuleList(
+            GCNConv(a, b, normalize=False, cached=False) if spec.kind == "gcn" else SAGEConv(a, b, aggr="mean")
+            for a, b in zip(dims[:-1], dims[1:])
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.convs)
+
+    def layer(self, i: int, x: torch.Tensor, adj: torch.Tensor, num_rows: int | None = None) -> torch.Tensor:
+        """Layer ``i`` for the ``adj.size(0)`` target rows, reading source rows ``x``.
+
+        ``adj`` is ``(targets, sources)``; the first ``targets`` rows of ``x`` are the targets.
+        ReLU follows every layer but the last.
+        """
+        conv = self.convs[i]
+        if self.spec.kind == "sage":
+            rows = adj.size(0) if num_rows is None else num_rows
+            out = conv((x, x[:rows]), adj)
+        else:
+            out = conv(x, adj)
+        return out if i == self.num_layers - 1 else F.relu(out)
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        for i in range(self.num_layers):
+            x = F.dropout(x, p=self.spec.dropout, training=self.training)
+            x = self.layer(i, x, adj)
+        return x
+
+
+class EdgeIndexPredictor(nn.Module):
+    """The exported predictor: raw features + ``edge_index`` -> class logits.
+
+    Applies the saved feature normalization, then the trained layers on the graph given as an
+    ``edge_index`` (2 x E, both directions of each undirected edge). Self-contained, so it can be
+    saved with ``torch.export`` and served by MLflow.
+    """
+
+    def __init__(self, gnn: GNN, method: str, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+        super().__init__()
+        self.gnn = gnn
+        self.method = method
+        d = gnn.spec.in_dim
+        self.register_buffer("mean", mean if mean is not None else torch.zeros(d))
+        self.register_buffer("std", std if std is not None else torch.ones(d))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "row":
+            return x / x.abs().sum(dim=1, keepdim=True).clamp(min=1e-30)
+        if self.method == "standard":
+            return (x - self.mean) / self.std
+        return x
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        h = self.normalize(x)
+        weight = None
+        if self.gnn.spec.kind == "gcn":
+            edge_index, weight = gcn_norm(edge_index, None, h.size(0), add_self_loops=True)
+        for i, conv in enumerate(self.gnn.convs):
+            h = conv(h, edge_index, weight) if weight is not None else conv(h, edge_index)
+            if i < len(self.gnn.convs) - 1:
+                h = F.relu(h)
+        return h

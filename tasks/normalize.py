@@ -1,0 +1,165 @@
+"""Feature normalization, with statistics saved so scoring applies the same transform.
+
+Methods (``normalize.method``):
+
+- ``row``: ``x_i <- x_i / sum_j |x_ij|``; rows whose sum is zero stay zero. On non-negative
+  features this equals PyG's ``NormalizeFeatures`` (which also subtracts the global minimum, zero
+  for such features) and the Cluster-GCN tutorial's preprocessing.
+- ``standard``: ``x_ij <- (x_ij - mean_j) / std_j`` with ``mean`` and ``std`` over the training
+  nodes (all nodes when there are none); ``std_j = 0`` is replaced by 1.
+- ``none``: unchanged.
+- ``auto``: ``row`` when every feature is non-negative, else ``standard``.
+
+A featureless graph gets one constant feature (1.0 for every node), so structure-only training
+still runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from storage.atomic import publish_dir, read_json, write_json
+from storage.fingerprint import fingerprint_value
+from storage.snapshot import SPLIT_TRAIN, Features, read_features, read_nodes
+from storage.store import FeaturesRef, SnapshotRef, Store, is_complete, make_manifest, write_manifest
+from tasks.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "normalize-v1"
+STATS = "stats.json"
+_CHUNK_ROWS = 1 << 18
+
+
+@dataclass
+class NormalizationStats:
+    """Everything needed to apply the transform to new rows."""
+
+    method: str
+    num_features: int
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    featureless: bool = False
+
+    def to_json(self) -> dict:
+        return {
+            "method": self.method,
+            "num_features": self.num_features,
+            "mean": self.mean,
+            "std": self.std,
+            "featureless": self.featureless,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> NormalizationStats:
+        return cls(**data)
+
+
+def resolve_method(method: str, x: Features) -> str:
+    """Turn ``auto`` into ``row`` (all features >= 0) or ``standard``."""
+    if method != "auto":
+        return method
+    data = x.data if sp.issparse(x) else x
+    return "row" if data.size == 0 or float(np.min(data)) >= 0 else "standard"
+
+
+def fit_stats(x: Features, method: str, train_rows: np.ndarray) -> NormalizationStats:
+    """Compute the statistics of ``method`` (``standard`` uses ``train_rows`` only)."""
+    stats = NormalizationStats(method=method, num_features=int(x.shape[1]))
+    if method == "standard":
+        rows = train_rows if len(train_rows) else np.arange(x.shape[0])
+        sub = x[rows]
+        sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub, dtype=np.float64)
+        mean = sub.mean(axis=0)
+        std = sub.std(axis=0)
+        std[std == 0] = 1.0
+        stats.mean, stats.std = mean.tolist(), std.tolist()
+    return stats
+
+
+def apply_stats(x: Features, stats: NormalizationStats) -> np.ndarray:
+    """Apply saved statistics to rows of features; returns dense float32."""
+    if stats.featureless:
+        return np.ones((x.shape[0], 1), dtype=np.float32)
+    if x.shape[1] != stats.num_features:
+        raise ValueError(f"expected {stats.num_features} features, got {x.shape[1]}")
+    if stats.method == "row":
+        if sp.issparse(x):
+            sums = np.asarray(abs(x).sum(axis=1)).ravel()
+            scale = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
+            return np.asarray(sp.diags(scale.astype(np.float32)) @ x.toarray(), dtype=np.float32)
+        x = np.asarray(x, dtype=np.float32)
+        sums = np.abs(x).sum(axis=1, keepdims=True)
+        return np.divide(x, sums, out=np.zeros_like(x), where=sums > 0)
+    dense = x.toarray() if sp.issparse(x) else np.asarray(x)
+    if stats.method == "standard":
+        mean = np.asarray(stats.mean, dtype=np.float32)
+        std = np.asarray(stats.std, dtype=np.float32)
+        return ((dense - mean) / std).astype(np.float32, copy=False)
+    return dense.astype(np.float32, copy=False)
+
+
+def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> FeaturesRef:
+    """Normalize the snapshot's features into ``features/<fp>/x.npy`` (cached by fingerprint)."""
+    store = Store(config.store)
+    fp = fingerprint_value(FORMAT, snapshot.fingerprint, config.normalize.model_dump(mode="json"))
+    out = store.features_dir(snapshot.name, fp)
+    if is_complete(out):
+        manifest_method = read_json(out / STATS)["method"]
+        log.info("normalize: cache hit %s (%s)", out, manifest_method)
+        return FeaturesRef(path=str(out), fingerprint=fp, method=manifest_method)
+
+    x = read_features(snapshot.path)
+    labels, split = read_nodes(snapshot.path)
+    num_nodes = len(labels)
+    if x is None:
+        log.warning("normalize: %s has no features; using one constant feature", snapshot.path)
+        stats = NormalizationStats(method="none", num_features=0, featureless=True)
+    else:
+        method = resolve_method(config.normalize.method, x)
+        stats = fit_stats(x, method, np.flatnonzero(split == SPLIT_TRAIN))
+
+    with publish_dir(out) as tmp:
+        width = 1 if stats.featureless else stats.num_features
+        target = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(num_nodes, width))
+        for start in range(0, num_nodes, _CHUNK_ROWS):
+            stop = min(start + _CHUNK_ROWS, num_nodes)
+            rows = np.empty((stop - start, 0)) if x is None else x[start:stop]
+            target[start:stop] = apply_stats(rows, stats)
+        if not np.isfinite(target).all():
+            raise ValueError(f"normalization produced non-finite values from {snapshot.path}")
+        target.flush()
+        del target
+        write_json(tmp / STATS, stats.to_json())
+        write_manifest(
+            tmp,
+            make_manifest(
+                "features",
+                fp,
+                params=config.normalize.model_dump(mode="json") | {"resolved_method": stats.method},
+                inputs={"snapshot": snapshot.fingerprint},
+                counts={"num_nodes": num_nodes, "num_features": width},
+                files=["x.npy", STATS],
+            ),
+        )
+    log.info("normalize: %s features of %d nodes -> %s", stats.method, num_nodes, out)
+    return FeaturesRef(path=str(out), fingerprint=fp, method=stats.method)
+
+
+def load_stats(features: FeaturesRef) -> NormalizationStats:
+    return NormalizationStats.from_json(read_json(Path(features.path) / STATS))
+
+
+__all__ = [
+    "NormalizationStats",
+    "apply_stats",
+    "fit_stats",
+    "load_stats",
+    "normalize_features",
+    "resolve_method",
+]

@@ -1,0 +1,272 @@
+"""Cluster-GCN training (Chiang et al. 2019, https://arxiv.org/abs/1905.07953).
+
+Each epoch shuffles the METIS clusters into batches of ``clusters_per_batch``; a batch is the
+subgraph induced by its clusters' nodes, so the edges between the batch's clusters are restored.
+Batches are assembled in a background thread while the model trains on the previous one. The loss
+is the cross-entropy over the batch's labeled training nodes.
+
+After every ``eval_every`` epochs the model is evaluated on the full graph (layer-wise, all
+neighbours); the weights of the epoch with the best validation accuracy are kept. A checkpoint is
+written atomically after every epoch; a run that is killed resumes from it when started again with
+the same data and settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from storage.arrays import ClusterGraph
+from storage.atomic import write_bytes
+from storage.fingerprint import fingerprint_value
+from storage.snapshot import SPLIT_TRAIN
+from storage.store import NodeDataRef, Store
+from tasks.batching import Batch, Kind, build_batch, epoch_batches
+from tasks.config import PipelineConfig, TrainConfig
+from tasks.errors import InputError
+from tasks.evaluate import infer_full_graph, split_metrics
+from tasks.model import GNN, ModelSpec
+
+log = logging.getLogger(__name__)
+
+LAST, MODEL = "last.pt", "model.pt"
+_NOT_IN_KEY = {"device", "prefetch", "resume"}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished training run: where its weights are and how it went."""
+
+    checkpoint_dir: str
+    key: str
+    spec: dict
+    num_classes: int
+    clusters_per_batch: int
+    best_epoch: int
+    best_val_acc: float
+    epochs_run: int
+    resumed_from_epoch: int
+    device: str
+    seconds: float
+    batch_wait_fraction: float
+
+
+def resolve_clusters_per_batch(graph: ClusterGraph, config: TrainConfig) -> int:
+    """The configured value, or ``round(target_batch_nodes / mean cluster size)`` clamped to
+    ``[1, max(1, num_parts // 2)]`` so that an epoch has at least two batches."""
+    k = graph.num_parts
+    if config.clusters_per_batch != "auto":
+        q = int(config.clusters_per_batch)
+        if not 1 <= q <= k:
+            raise InputError(f"train.clusters_per_batch={q} must be between 1 and the {k} partitions")
+        return q
+    mean_size = graph.num_nodes / k
+    q = max(1, round(config.target_batch_nodes / mean_size))
+    return int(min(q, max(1, k // 2)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("train.device=cuda but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def num_classes_of(graph: ClusterGraph, config: PipelineConfig) -> int:
+    labels_max = int(np.max(graph.y)) if graph.num_nodes else -1
+    return max(config.data.num_classes or 0, labels_max + 1)
+
+
+def checkpoint_key(node_data: NodeDataRef, config: TrainConfig) -> str:
+    params = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
+    return fingerprint_value("train-v1", node_data.fingerprint, params)
+
+
+class Prefetcher:
+    """Builds batches in a background thread, ``depth`` ahead; measures time spent waiting."""
+
+    def __init__(self, graph: ClusterGraph, batches: list[np.ndarray], kind: Kind, depth: int):
+        self.graph, self.batches, self.kind, self.depth = graph, batches, kind, depth
+        self.wait_seconds = 0.0
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.depth == 0:
+            for clusters in self.batches:
+                t0 = time.perf_counter()
+                batch = build_batch(self.graph, clusters, self.kind)
+                self.wait_seconds += time.perf_counter() - t0
+                yield batch
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches") as pool:
+            pending: deque[Future[Batch]] = deque()
+            todo = iter(self.batches)
+            for clusters in todo:
+                pending.append(pool.submit(build_batch, self.graph, clusters, self.kind))
+                if len(pending) >= self.depth:
+                    break
+            while pending:
+                t0 = time.perf_counter()
+                batch = pending.popleft().result()
+                self.wait_seconds += time.perf_counter() - t0
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(build_batch, self.graph, nxt, self.kind))
+                yield batch
+
+
+def _save(path: Path, obj: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def train_epoch(
+    model: GNN,
+    optimizer: torch.optim.Optimizer,
+    batches: Prefetcher,
+    device: torch.device,
+) -> dict[str, float]:
+    """One pass over the batches; loss and accuracy are averaged over training nodes, not batches."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for batch in batches:
+        mask = batch.train_mask
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        batch = batch.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        out = model(batch.x, batch.adj)[batch.train_mask]
+        target = batch.y[batch.train_mask]
+        loss = F.cross_entropy(out, target)
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss) * n
+        correct += int((out.argmax(dim=1) == target).sum())
+        seen += n
+    return {"loss": loss_sum / max(seen, 1), "batch_train_acc": correct / max(seen, 1)}
+
+
+def train_cluster_gcn(
+    node_data: NodeDataRef,
+    config: PipelineConfig,
+    *,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train (or resume training) and save the best-validation weights as ``model.pt``."""
+    tc = config.train
+    progress = config.progress if progress is None else progress
+    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    split = np.asarray(graph.split)
+    labeled_train = int(np.count_nonzero((split == SPLIT_TRAIN) & (np.asarray(graph.y) >= 0)))
+    if labeled_train == 0:
+        raise InputError(f"no labeled training nodes in {node_data.path}: the graph needs labels and a train split")
+    device = resolve_device(tc.device)
+    num_classes = num_classes_of(graph, config)
+    q = resolve_clusters_per_batch(graph, tc)
+    spec = ModelSpec(tc.model, graph.num_features, tc.hidden, num_classes, tc.num_layers, tc.dropout)
+    key = checkpoint_key(node_data, tc)
+    ckpt_dir = Store(config.store).checkpoint_dir(config.data.name, key)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(tc.seed)
+    model = GNN(spec).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    state: dict[str, Any] = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "best_state": None, "history": [], "stale": 0}
+    last = ckpt_dir / LAST
+    if tc.resume and last.exists():
+        saved = load_checkpoint(last)
+        if not saved.get("complete") and saved.get("key") == key:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["torch_rng"])
+            state = {k: saved[k] for k in state}
+            log.info("train: resuming %s after epoch %d", ckpt_dir, state["epoch"])
+    resumed_from = state["epoch"]
+
+    log.info(
+        "train: %s, %d nodes, %d clusters, %d per batch, %d classes, device %s",
+        spec.kind, graph.num_nodes, graph.num_parts, q, num_classes, device,
+    )
+    t_start = time.perf_counter()
+    wait_total, train_total = 0.0, 0.0
+    for epoch in range(state["epoch"] + 1, tc.epochs + 1):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([tc.seed, epoch])
+        batches = Prefetcher(graph, epoch_batches(graph.num_parts, q, rng), spec.kind, tc.prefetch)
+        metrics = train_epoch(model, optimizer, batches, device)
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        metrics["batch_wait_seconds"] = batches.wait_seconds
+        wait_total += batches.wait_seconds
+        train_total += metrics["epoch_seconds"]
+        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+            t1 = time.perf_counter()
+            logits, _ = infer_full_graph(model, graph, device)
+            sm = split_metrics(logits, np.asarray(graph.y), split, num_classes)
+            metrics.update(train_acc=sm.acc["train"], val_acc=sm.acc["val"], eval_seconds=time.perf_counter() - t1)
+            val = sm.acc["val"] if not np.isnan(sm.acc["val"]) else sm.acc["train"]
+            if val > state["best_val"]:
+                state.update(best_val=val, best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()), stale=0)
+            else:
+                state["stale"] += tc.eval_every
+        state["epoch"] = epoch
+        state["history"].append({"epoch": epoch, **metrics})
+        _save(last, {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "torch_rng": torch.get_rng_state(), "key": key, "complete": False, "spec": spec.to_dict()})
+        if progress:
+            log.info("epoch %d/%d %s", epoch, tc.epochs, {k: round(v, 4) for k, v in metrics.items()})
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if tc.patience is not None and state["stale"] >= tc.patience:
+            log.info("train: early stop at epoch %d (best %d)", epoch, state["best_epoch"])
+            break
+
+    best_state = state["best_state"] if state["best_state"] is not None else model.state_dict()
+    _save(ckpt_dir / MODEL, {"spec": spec.to_dict(), "state_dict": best_state, "num_classes": num_classes,
+                             "best_epoch": state["best_epoch"], "history": state["history"]})
+    _save(last, {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "key": key, "complete": True, "spec": spec.to_dict()})
+    return TrainResult(
+        checkpoint_dir=str(ckpt_dir),
+        key=key,
+        spec=spec.to_dict(),
+        num_classes=num_classes,
+        clusters_per_batch=q,
+        best_epoch=state["best_epoch"],
+        best_val_acc=float(state["best_val"]),
+        epochs_run=state["epoch"],
+        resumed_from_epoch=resumed_from,
+        device=str(device),
+        seconds=time.perf_counter() - t_start,
+        batch_wait_fraction=wait_total / train_total if train_total else 0.0,
+    )
+
+
+def load_model(result: TrainResult | str | Path) -> tuple[GNN, dict[str, Any]]:
+    """The best-validation model of a training run (on the CPU) and its saved record."""
+    ckpt_dir = Path(result.checkpoint_dir if isinstance(result, TrainResult) else result)
+    saved = load_checkpoint(ckpt_dir / MODEL)
+    model = GNN(ModelSpec(**saved["spec"]))
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model, saved
+
+
