@@ -21,11 +21,12 @@ def _tmp_sibling(final: Path) -> Path:
 
 
 @contextmanager
-def publish_dir(final: str | os.PathLike) -> Iterator[Path]:
+def publish_dir(final: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
     """Yield an empty temporary directory; on success rename it to ``final``.
 
-    If ``final`` already exists when the body finishes (another run published the same content
-    first), the new copy is discarded: directories are content-addressed, so both are equal.
+    If ``final`` already exists when the body finishes: with ``replace=False`` (content-addressed
+    directories, where both copies are equal) the new copy is discarded; with ``replace=True`` the
+    old one is moved aside, the new one renamed into place, then the old one deleted.
     On an exception the temporary directory is removed and ``final`` is left untouched.
     """
     final = Path(final)
@@ -35,6 +36,12 @@ def publish_dir(final: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_dir(tmp)
+        if replace and final.exists():
+            old = _tmp_sibling(final)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+            return
         try:
             os.rename(tmp, final)
         except OSError:

@@ -7,15 +7,27 @@ layer's output wherever they are, so no edge is dropped. Only one layer's output
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from storage.arrays import ClusterGraph
+from storage.atomic import publish_dir
+from storage.snapshot import SPLIT_TEST, read_node_ids
+from storage.store import NodeDataRef, SnapshotRef
 from tasks.batching import block_bounds, row_block, split_masks
-from tasks.model import GNN
+from tasks.config import PipelineConfig
+from tasks.model import GNN, load_trained, resolve_device
+
+if TYPE_CHECKING:
+    from tasks.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +104,67 @@ def split_metrics(logits: np.ndarray, y: np.ndarray, split: np.ndarray, num_clas
         acc[name] = accuracy(y[mask], pred[mask])
         f1[name] = macro_f1(y[mask], pred[mask], num_classes)
     return SplitMetrics(acc, f1)
+
+
+@dataclass(frozen=True)
+class EvaluationRef:
+    """The evaluation of a trained model: metrics, and where its outputs are."""
+
+    path: str
+    metrics: dict[str, float]
+
+
+def embedding_sample(hidden: np.ndarray, y: np.ndarray, max_nodes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """2-D PCA coordinates of at most ``max_nodes`` random nodes' embeddings, with their labels."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(hidden), size=min(max_nodes, len(hidden)), replace=False))
+    h = np.asarray(hidden[idx], dtype=np.float64)
+    h -= h.mean(axis=0)
+    _, _, vt = np.linalg.svd(h, full_matrices=False)
+    coords = h @ vt[:2].T if vt.shape[0] >= 2 else np.column_stack([h[:, 0], np.zeros(len(h))])
+    return coords.astype(np.float32), np.asarray(y[idx])
+
+
+def evaluate_model(
+    train_result: TrainResult,
+    node_data: NodeDataRef,
+    snapshot: SnapshotRef,
+    config: PipelineConfig,
+) -> EvaluationRef:
+    """Score every node with the best-validation model; write metrics, predictions (in the user's
+    node ids), the test confusion matrix and an embedding sample to ``<checkpoint>/evaluation``."""
+    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    model, saved = load_trained(train_result.checkpoint_dir)
+    device = resolve_device(config.train.device)
+    logits, hidden = infer_full_graph(model.to(device), graph, device)
+    y, split = np.asarray(graph.y), np.asarray(graph.split)
+    num_classes = train_result.num_classes
+    metrics = split_metrics(logits, y, split, num_classes).flat()
+    metrics["best_epoch"] = float(saved["best_epoch"])
+    pred = logits.argmax(axis=1)
+    test = (split == SPLIT_TEST) & (y >= 0)
+    cm = confusion_matrix(y[test], pred[test], num_classes)
+    coords, coord_labels = embedding_sample(hidden, y, config.track.embedding_plot_nodes, config.train.seed)
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).max(dim=1).values.numpy()
+    # partition order -> snapshot order -> the user's ids
+    order = np.empty_like(np.asarray(graph.perm))
+    order[np.asarray(graph.perm)] = np.arange(graph.num_nodes)
+    out = Path(train_result.checkpoint_dir) / "evaluation"
+    with publish_dir(out, replace=True) as tmp:
+        pq.write_table(
+            pa.table(
+                {
+                    "node_id": read_node_ids(snapshot.path),
+                    "prediction": pa.array(pred[order].astype(np.int32)),
+                    "confidence": pa.array(probs[order].astype(np.float32)),
+                    "label": pa.array(y[order].astype(np.int32)),
+                    "split": pa.array(split[order].astype(np.int8)),
+                }
+            ),
+            tmp / "predictions.parquet",
+        )
+        np.save(tmp / "confusion_test.npy", cm)
+        np.savez(tmp / "embeddings_2d.npz", coords=coords, labels=coord_labels)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    log.info("evaluate: %s", {k: round(v, 4) for k, v in metrics.items()})
+    return EvaluationRef(path=str(out), metrics=metrics)

@@ -9,13 +9,18 @@ normalization computed by PyG), which is what the exported predictor uses.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GCNConv, SAGEConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+from tasks.errors import InputError
+
+MODEL_FILE = "model.pt"
 
 
 @dataclass(frozen=True)
@@ -103,3 +108,25 @@ class EdgeIndexPredictor(nn.Module):
             if i < len(self.gnn.convs) - 1:
                 h = F.relu(h)
         return h
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("train.device=cuda but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_trained(checkpoint_dir: str | Path) -> tuple[GNN, dict[str, Any]]:
+    """The best-validation model of a training run (on the CPU, in eval mode) and its record."""
+    saved = load_checkpoint(Path(checkpoint_dir) / MODEL_FILE)
+    model = GNN(ModelSpec(**saved["spec"]))
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model, saved

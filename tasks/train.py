@@ -37,11 +37,11 @@ from tasks.batching import Batch, Kind, build_batch, epoch_batches
 from tasks.config import PipelineConfig, TrainConfig
 from tasks.errors import InputError
 from tasks.evaluate import infer_full_graph, split_metrics
-from tasks.model import GNN, ModelSpec
+from tasks.model import GNN, MODEL_FILE, ModelSpec, load_checkpoint, resolve_device
 
 log = logging.getLogger(__name__)
 
-LAST, MODEL = "last.pt", "model.pt"
+LAST = "last.pt"
 _NOT_IN_KEY = {"device", "prefetch", "resume"}
 
 
@@ -75,14 +75,6 @@ def resolve_clusters_per_batch(graph: ClusterGraph, config: TrainConfig) -> int:
     mean_size = graph.num_nodes / k
     q = max(1, round(config.target_batch_nodes / mean_size))
     return int(min(q, max(1, k // 2)))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("train.device=cuda but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def num_classes_of(graph: ClusterGraph, config: PipelineConfig) -> int:
@@ -133,10 +125,6 @@ def _save(path: Path, obj: dict[str, Any]) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def train_epoch(
     model: GNN,
     optimizer: torch.optim.Optimizer,
@@ -158,7 +146,7 @@ def train_epoch(
         loss = F.cross_entropy(out, target)
         loss.backward()
         optimizer.step()
-        loss_sum += float(loss) * n
+        loss_sum += float(loss.detach()) * n
         correct += int((out.argmax(dim=1) == target).sum())
         seen += n
     return {"loss": loss_sum / max(seen, 1), "batch_train_acc": correct / max(seen, 1)}
@@ -240,7 +228,7 @@ def train_cluster_gcn(
             break
 
     best_state = state["best_state"] if state["best_state"] is not None else model.state_dict()
-    _save(ckpt_dir / MODEL, {"spec": spec.to_dict(), "state_dict": best_state, "num_classes": num_classes,
+    _save(ckpt_dir / MODEL_FILE, {"spec": spec.to_dict(), "state_dict": best_state, "num_classes": num_classes,
                              "best_epoch": state["best_epoch"], "history": state["history"]})
     _save(last, {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "torch_rng": torch.get_rng_state(), "key": key, "complete": True, "spec": spec.to_dict()})
@@ -258,15 +246,3 @@ def train_cluster_gcn(
         seconds=time.perf_counter() - t_start,
         batch_wait_fraction=wait_total / train_total if train_total else 0.0,
     )
-
-
-def load_model(result: TrainResult | str | Path) -> tuple[GNN, dict[str, Any]]:
-    """The best-validation model of a training run (on the CPU) and its saved record."""
-    ckpt_dir = Path(result.checkpoint_dir if isinstance(result, TrainResult) else result)
-    saved = load_checkpoint(ckpt_dir / MODEL)
-    model = GNN(ModelSpec(**saved["spec"]))
-    model.load_state_dict(saved["state_dict"])
-    model.eval()
-    return model, saved
-
-

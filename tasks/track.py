@@ -1,0 +1,266 @@
+"""MLflow tracking: one run per pipeline run, addressed by its id from any process.
+
+Every call takes the run id explicitly (``MlflowClient``), so the training stage can log its
+per-epoch metrics from a GPU worker while the pipeline's other stages run elsewhere.
+
+Tracking URI: ``track.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite store
+``<store>/mlflow.db`` whose experiments keep their artifacts under ``<store>/mlartifacts``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+
+from storage.arrays import ClusterGraph
+from storage.snapshot import read_features
+from storage.store import NodeDataRef, SnapshotRef, Store, read_manifest
+from tasks.batching import batch_subgraph
+from tasks.config import PipelineConfig
+from tasks.evaluate import EvaluationRef
+from tasks.model import EdgeIndexPredictor, load_trained
+from tasks.normalize import NormalizationStats
+from tasks.plots import confusion, embeddings, learning_curves
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+    def ui_path(self) -> str:
+        return f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    run: RunRef
+    model_name: str | None
+    model_version: str | None
+    champion: bool
+    champion_val_acc: float | None
+
+
+def ui_command(run: RunRef) -> str:
+    """How to look at the run: the UI command for a local store, or the server's page."""
+    if run.tracking_uri.startswith(("http://", "https://")):
+        return f"open {run.tracking_uri.rstrip('/')}/{run.ui_path()}"
+    return (
+        f"mlflow ui --backend-store-uri {run.tracking_uri} --host 127.0.0.1 --port 5000, "
+        f"then open http://127.0.0.1:5000/{run.ui_path()}"
+    )
+
+
+def tracking_uri(config: PipelineConfig) -> str:
+    if config.track.tracking_uri:
+        return config.track.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Store(config.store).root / 'mlflow.db'}"
+
+
+def model_name(config: PipelineConfig) -> str:
+    return config.track.registered_model or f"graphpipe-{config.data.name}"
+
+
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(client: MlflowClient, config: PipelineConfig, uri: str) -> str:
+    exp = client.get_experiment_by_name(config.track.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:///") and not config.track.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        artifact_location = (Store(config.store).root / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(config.track.experiment, artifact_location=artifact_location)
+    except MlflowException:  # created concurrently
+        return client.get_experiment_by_name(config.track.experiment).experiment_id
+
+
+def start_run(config: PipelineConfig, tags: dict[str, str], run_name: str | None = None) -> RunRef:
+    """Create the run (status RUNNING) and log the whole config as params."""
+    uri = tracking_uri(config)
+    Store(config.store).root.mkdir(parents=True, exist_ok=True)
+    client = _client(uri)
+    exp_id = _experiment_id(client, config, uri)
+    run = client.create_run(exp_id, tags={"graphpipe.graph": config.data.name, **tags}, run_name=run_name)
+    params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in config.flat().items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[i : i + 100])
+    return RunRef(uri, exp_id, run.info.run_id)
+
+
+def log_tags(run: RunRef, tags: dict[str, Any]) -> None:
+    _client(run.tracking_uri).log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_epoch(run: RunRef, epoch: int, metrics: dict[str, float]) -> None:
+    """Per-epoch metrics with ``step=epoch``."""
+    ts = int(time.time() * 1000)
+    _client(run.tracking_uri).log_batch(
+        run.run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items() if np.isfinite(v)]
+    )
+
+
+def end_run(run: RunRef, status: str = "FINISHED", reason: str | None = None) -> None:
+    client = _client(run.tracking_uri)
+    if reason:
+        client.set_tag(run.run_id, "graphpipe.failure", reason[:5000])
+    client.set_terminated(run.run_id, status=status)
+
+
+def _example_inputs(node_data: NodeDataRef, snapshot: SnapshotRef) -> tuple[torch.Tensor, torch.Tensor]:
+    """A real subgraph (whole clusters, at least 2 edges) as raw features + edge_index, for the
+    model's input example and signature."""
+    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    clusters = np.arange(1)
+    nodes, crow, col = batch_subgraph(graph, clusters)
+    while len(col) < 2 and len(clusters) < graph.num_parts:
+        clusters = np.arange(len(clusters) + 1)
+        nodes, crow, col = batch_subgraph(graph, clusters)
+    nodes, crow, col = nodes[:2000], crow, col
+    rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+    keep = (rows < len(nodes)) & (col < len(nodes))
+    snapshot_ids = np.asarray(graph.perm)[nodes]
+    raw = read_features(snapshot.path)
+    x = raw[snapshot_ids] if raw is not None else np.ones((len(nodes), 1), np.float32)
+    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+    edge_index = np.stack([col[keep], rows[keep]]).astype(np.int64)
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(edge_index)
+
+
+def _log_model(
+    run: RunRef, trained_dir: str, stats: NormalizationStats, node_data: NodeDataRef,
+    snapshot: SnapshotRef, registered: str | None,
+) -> tuple[str | None, str | None]:
+    gnn, _ = load_trained(trained_dir)
+    mean = torch.tensor(stats.mean, dtype=torch.float32) if stats.mean else None
+    std = torch.tensor(stats.std, dtype=torch.float32) if stats.std else None
+    predictor = EdgeIndexPredictor(gnn, stats.method, mean, std).eval()
+    x, edge_index = _example_inputs(node_data, snapshot)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, x.shape[1]), "x"),
+                       TensorSpec(np.dtype(np.int64), (2, -1), "edge_index")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, gnn.spec.out_dim), "logits")]),
+    )
+    import torch_geometric
+
+    info = mlflow.pytorch.log_model(
+        predictor,
+        name="model",
+        signature=signature,
+        input_example=(x.numpy(), edge_index.numpy()),
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"torch_geometric=={torch_geometric.__version__}"],
+        registered_model_name=registered,
+        await_registration_for=60,
+    )
+    version = str(info.registered_model_version) if registered and info.registered_model_version else None
+    return info.model_uri, version
+
+
+def _promote(client: MlflowClient, name: str, version: str, val_acc: float) -> tuple[bool, float | None]:
+    """Move the ``champion`` alias to ``version`` if its validation accuracy is at least the
+    current champion's."""
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        current = None
+    current_val = None
+    if current is not None and current.run_id:
+        current_val = client.get_run(current.run_id).data.metrics.get("val_acc")
+    promote = current is None or current_val is None or val_acc >= current_val
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return promote, current_val
+
+
+def log_results(
+    run: RunRef,
+    config: PipelineConfig,
+    *,
+    snapshot: SnapshotRef,
+    features_path: str,
+    stats: NormalizationStats,
+    node_data: NodeDataRef,
+    trained_dir: str,
+    history: list[dict[str, float]],
+    evaluation: EvaluationRef,
+    extra_tags: dict[str, Any] | None = None,
+) -> TrackResult:
+    """Final metrics, plots, statistics, lineage, the model and its registered version."""
+    client = _client(run.tracking_uri)
+    mlflow.set_tracking_uri(run.tracking_uri)
+    mlflow.set_registry_uri(run.tracking_uri)
+    ts = int(time.time() * 1000)
+    client.log_batch(run.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in evaluation.metrics.items() if np.isfinite(v)])
+    log_tags(run, extra_tags or {})
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        (t / "plots").mkdir()
+        (t / "stats").mkdir()
+        ev = Path(evaluation.path)
+        learning_curves(history, t / "plots" / "learning_curves.png")
+        confusion(np.load(ev / "confusion_test.npy"), t / "plots" / "confusion_matrix.png")
+        emb = np.load(ev / "embeddings_2d.npz")
+        embeddings(emb["coords"], emb["labels"], t / "plots" / "embeddings.png")
+        part_dir = Path(node_data.partition.path)
+        (t / "stats" / "partition_stats.json").write_text((part_dir / "stats.json").read_text())
+        (t / "stats" / "normalization.json").write_text(json.dumps(stats.to_json(), indent=2))
+        (t / "stats" / "snapshot_manifest.json").write_text(json.dumps(read_manifest(snapshot.path), indent=2))
+        (t / "stats" / "partition_manifest.json").write_text(json.dumps(read_manifest(part_dir), indent=2))
+        (t / "stats" / "history.json").write_text(json.dumps(history, indent=2))
+        (t / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        for sub in ("plots", "stats"):
+            client.log_artifacts(run.run_id, str(t / sub), sub)
+        client.log_artifact(run.run_id, str(t / "config.yaml"))
+
+    name = model_name(config) if config.track.log_model else None
+    version, promoted, champion_val = None, False, None
+    with mlflow.start_run(run_id=run.run_id):
+        _log_input(snapshot)
+        if config.track.log_model:
+            _, version = _log_model(run, trained_dir, stats, node_data, snapshot, name)
+    if name and version:
+        promoted, champion_val = _promote(client, name, version, evaluation.metrics["val_acc"])
+        log_tags(run, {
+            "graphpipe.model_version": version,
+            "graphpipe.champion_decision": "promoted" if promoted else "kept previous champion",
+            "graphpipe.champion_previous_val_acc": "none" if champion_val is None else f"{champion_val:.4f}",
+        })
+    return TrackResult(run, name, version, promoted, champion_val)
+
+
+def _log_input(snapshot: SnapshotRef) -> None:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    try:
+        source = resolve_dataset_source(snapshot.path)
+        mlflow.log_input(MetaDataset(source=source, name=snapshot.name, digest=snapshot.fingerprint), context="training")
+    except MlflowException as e:  # lineage is also in the tags; never fail a run on it
+        log.warning("could not log dataset lineage: %s", e)
