@@ -1,0 +1,490 @@
+"""Ingest: the user's edge files, node table and feature file -> one canonical graph snapshot.
+
+Nodes get contiguous ids (the node table's row order, or the sorted unique ids of the edge files
+when there is no node table); edges become undirected, each once as ``src < dst``, sorted, without
+self-loops or duplicates. Labels, the split (given, or generated from ``config.split``) and the
+features are validated before anything is written, so bad input never publishes a snapshot and
+never moves ``CURRENT.json``. The snapshot directory is keyed by a fingerprint of the input files'
+content and the ``data`` and ``split`` settings: ingesting the same input twice is a cache hit.
+See :mod:`tasks.readers` for the accepted file formats and :mod:`storage.snapshot` for the output.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from storage.atomic import publish_dir
+from storage.fingerprint import fingerprint_file, fingerprint_value
+from storage.snapshot import Features, GraphTables, id_dtype, write_snapshot
+from storage.store import FORMAT_VERSION, SnapshotRef, Store, is_complete, make_manifest, read_manifest, write_manifest
+from tasks.config import DataConfig, PipelineConfig
+from tasks.errors import InputError
+from tasks.readers import (
+    MASK_COLUMNS,
+    check_finite,
+    column_features,
+    edge_format,
+    feature_columns_auto,
+    file_exists,
+    id_column_of,
+    load_feature_file,
+    normalize_ids,
+    read_edge_file,
+    read_node_table,
+)
+from tasks.splits import (
+    Labels,
+    generate_split,
+    given_split,
+    label_column_of,
+    no_labels,
+    parse_labels,
+    split_columns_of,
+    split_sizes,
+)
+
+log = logging.getLogger(__name__)
+
+INGEST_VERSION = 1  # bump when the snapshot made from the same input changes
+LOOKUP_TABLE_SLACK = 4  # int ids spanning up to 4x (ids + lookups) + 64M values: mapped by a lookup table
+
+Ids = np.ndarray | pa.ChunkedArray  # int64 ids as numpy, string ids as Arrow
+
+
+@dataclass(frozen=True)
+class EdgeSource:
+    """One edge file's place in the concatenated edge rows: for counts and error messages."""
+
+    path: str
+    src_name: str
+    dst_name: str
+    rows: int
+
+
+@dataclass
+class NodeTable:
+    """What the node table contributes, row i = contiguous node id i."""
+
+    path: str
+    ids: pa.Array
+    labels: Labels
+    split: np.ndarray
+    features: Features | None
+    feature_source: str
+
+
+# -- the public API -----------------------------------------------------------------------------
+
+
+def ingest_graph(config: PipelineConfig, *, progress: bool | None = None) -> SnapshotRef:
+    """Build (or reuse, on a fingerprint match) the snapshot of ``config.data``, make it current, return it.
+
+    Raises InputError, naming the file, row and column, for any problem with the input; nothing is
+    published then and the current snapshot stays as it was. ``progress`` (default
+    ``config.progress``) logs the rows read per block at INFO.
+    """
+    show = config.progress if progress is None else progress
+    inputs = input_files(config.data)
+    fingerprint = snapshot_fingerprint(config, inputs)
+    store = Store(config.store)
+    final = store.snapshot_dir(config.data.name, fingerprint)
+    ref = SnapshotRef(path=str(final), name=config.data.name, fingerprint=fingerprint)
+    if is_complete(final):
+        log.info("cache hit: snapshot %s of graph %r", fingerprint, config.data.name)
+        store.set_current(ref)
+        return ref
+    start = time.perf_counter()
+    tables, counts, label_names = build_graph(config, progress=show)
+    _discard_damaged(final)
+    with publish_dir(final) as tmp:
+        files = write_snapshot(tmp, tables)
+        manifest = make_manifest(
+            "snapshot",
+            fingerprint,
+            params=config.fingerprint_of("data", "split"),
+            inputs=inputs,
+            counts=counts,
+            files=files,
+            extra={"label_names": label_names},
+        )
+        write_manifest(tmp, manifest)
+    store.set_current(ref)
+    log.info(
+        "ingested graph %r: %s nodes, %s edges in %.1f s -> %s",
+        config.data.name, f"{counts['num_nodes']:,}", f"{counts['undirected_edges']:,}",
+        time.perf_counter() - start, final,
+    )
+    return ref
+
+
+def ingest_counts(ref: SnapshotRef) -> dict[str, Any]:
+    """The ``counts`` section of a snapshot's manifest (rows read, edges and nodes kept, split sizes...)."""
+    return read_manifest(ref.path)["counts"]
+
+
+def input_files(data: DataConfig) -> dict[str, Any]:
+    """Every input file with its content fingerprint; InputError for a missing file or a bad combination."""
+    if not data.edges:
+        raise InputError("data.edges: at least one edge file is required")
+    if data.nodes is None:
+        needs_table = ["id_column", "label_column", "split_column", "feature_columns", "num_classes"]
+        for key in needs_table:
+            if getattr(data, key) is not None:
+                raise InputError(f"data.{key} is set but there is no node table (data.nodes)")
+    if data.feature_columns and data.features:
+        raise InputError("set data.feature_columns or data.features, not both")
+
+    def entry(path: str, what: str) -> dict[str, str]:
+        return {"path": path, "fingerprint": fingerprint_file(file_exists(path, what))}
+
+    return {
+        "edges": [entry(p, "edge file (data.edges)") for p in data.edges],
+        "nodes": entry(data.nodes, "node table (data.nodes)") if data.nodes else None,
+        "features": entry(data.features, "feature file (data.features)") if data.features else None,
+    }
+
+
+def snapshot_fingerprint(config: PipelineConfig, inputs: dict[str, Any]) -> str:
+    """Fingerprint of the input files' content, the ``data`` (less ``name``) and ``split`` settings and the format."""
+    data = config.data.model_dump(mode="json")
+    data.pop("name")
+    contents = {
+        "edges": [e["fingerprint"] for e in inputs["edges"]],
+        "nodes": inputs["nodes"] and inputs["nodes"]["fingerprint"],
+        "features": inputs["features"] and inputs["features"]["fingerprint"],
+    }
+    return fingerprint_value(
+        "snapshot", INGEST_VERSION, FORMAT_VERSION, contents, data, config.split.model_dump(mode="json")
+    )
+
+
+def build_graph(
+    config: PipelineConfig, *, progress: bool = False
+) -> tuple[GraphTables, dict[str, Any], list[str] | None]:
+    """Read and validate the input: ``(tables, manifest counts, label names)``; writes nothing."""
+    data = config.data
+    nodes = read_nodes(data) if data.nodes else None
+    string_ids = nodes is not None and not pa.types.is_integer(nodes.ids.type)
+    files = [
+        read_edge_file(
+            path, edge_format(path, data.edge_format), data.src_column, data.dst_column,
+            as_string=string_ids, strict=nodes is None, progress=progress,
+        )
+        for path in data.edges
+    ]
+    sources = [EdgeSource(f.path, f.src_name, f.dst_name, f.rows) for f in files]
+    as_string = string_ids or not all(f.is_int for f in files)
+    src_ids, dst_ids = _concat([f.src for f in files], as_string), _concat([f.dst for f in files], as_string)
+    del files  # the Arrow copies of the ids
+    node_ids, src, dst = map_edges(src_ids, dst_ids, sources, nodes, data.unknown_nodes)
+    del src_ids, dst_ids
+    num_nodes = len(node_ids)
+    table_rows = len(nodes.ids) if nodes else 0
+    added = num_nodes - table_rows if nodes else 0
+    labels = _pad_labels(nodes.labels, added) if nodes else no_labels(num_nodes)
+    split = np.concatenate([nodes.split, np.zeros(added, np.int8)]) if nodes else np.zeros(num_nodes, np.int8)
+    features, feature_source = (nodes.features, nodes.feature_source) if nodes else _file_features(data, num_nodes)
+    features = _pad_rows(features, added) if features is not None else None
+    split, split_source = _final_split(config, labels, split)
+    rows = len(src)
+    src, dst, self_loops, duplicates = canonical_edges(src, dst, num_nodes)
+    counts = {
+        "edge_rows_per_file": [{"file": f.path, "rows": f.rows} for f in sources],
+        "edge_rows_total": rows,
+        "self_loops_dropped": self_loops,
+        "duplicates_dropped": duplicates,
+        "undirected_edges": len(src),
+        "num_nodes": num_nodes,
+        "node_table_rows": table_rows,
+        "nodes_added_from_edges": added,
+        "isolated_nodes": isolated_nodes(src, dst, num_nodes),
+        "id_type": "string" if pa.types.is_large_string(node_ids.type) else "int",
+        "num_features": 0 if features is None else int(features.shape[1]),
+        "feature_storage": "none" if features is None else ("sparse" if sp.issparse(features) else "dense"),
+        "feature_source": feature_source,
+        "num_classes": labels.num_classes,
+        "labeled_nodes": labels.labeled,
+        "label_counts": labels.counts(),
+        "split_sizes": split_sizes(split),
+        "split_source": split_source,
+    }
+    tables = GraphTables(src, dst, _output_ids(node_ids), labels.values, split, features, labels.names)
+    return tables, counts, labels.names
+
+
+# -- the node table -----------------------------------------------------------------------------
+
+
+def read_nodes(data: DataConfig) -> NodeTable:
+    """Read the node table: ids (no duplicates), labels, the given split and the features."""
+    path = data.nodes
+    table, from_text = read_node_table(path, data.id_column, data.split_column)
+    if table.num_rows == 0:
+        raise InputError(f"{path}: the node table has no rows")
+    id_column = id_column_of(table, path, data.id_column)
+    ids = normalize_ids(table.column(id_column), path, id_column, text=from_text, strict=True).combine_chunks()
+    check_unique_ids(ids, path, id_column)
+    label_column = label_column_of(table, path, data.label_column)
+    labels = parse_labels(table, path, label_column, data.num_classes)
+    split_columns = split_columns_of(table, path, data.split_column)
+    split = given_split(table, path, split_columns, labels)
+    excluded = {id_column, label_column, *split_columns, *MASK_COLUMNS, "label", "split"}
+    features, source = _table_features(table, data, excluded)
+    return NodeTable(path, ids, labels, split, features, source)
+
+
+def check_unique_ids(ids: pa.Array, path: str, column: str) -> None:
+    """InputError naming an id that occurs twice and both of its rows."""
+    if len(ids) < 2 or _all_distinct(ids):
+        return
+    order = pc.array_sort_indices(ids)  # stable: rows of equal ids stay in file order
+    ranked = pc.take(ids, order)
+    same = pc.equal(ranked.slice(1), ranked.slice(0, len(ranked) - 1)).to_numpy(zero_copy_only=False)
+    order = order.to_numpy()
+    later = np.flatnonzero(same) + 1
+    k = later[np.argmin(order[later])]  # the duplicate whose second row comes first
+    first, second = int(order[k - 1]), int(order[k])
+    raise InputError(
+        f"{path}: node id {ids[second].as_py()!r} in column {column!r} occurs twice, in rows {first + 1} "
+        f"and {second + 1} ({int(same.sum()):,} duplicate rows in all)"
+    )
+
+
+def _all_distinct(ids: pa.Array) -> bool:
+    if pa.types.is_integer(ids.type):
+        ordered = np.sort(ids.to_numpy())
+        return not (ordered[1:] == ordered[:-1]).any()
+    return pc.count_distinct(ids).as_py() == len(ids)
+
+
+def _table_features(table: pa.Table, data: DataConfig, excluded: set[str]) -> tuple[Features | None, str]:
+    path = data.nodes
+    if data.feature_columns:
+        columns = data.feature_columns
+    elif data.features:  # an explicit feature file wins over detected feature columns
+        return _feature_file(data.features, table.num_rows, f"the node table {path} has"), "file"
+    elif data.feature_columns is not None:  # []: no features
+        columns = []
+    else:
+        columns = feature_columns_auto(table, path, excluded)
+    if not columns:
+        return None, "none"
+    x = column_features(table, path, columns)
+    check_finite(x, path, columns)
+    return x, "columns"
+
+
+def _file_features(data: DataConfig, num_nodes: int) -> tuple[Features | None, str]:
+    if not data.features:
+        return None, "none"
+    return _feature_file(data.features, num_nodes, "the graph (no node table: sorted unique edge ids) has"), "file"
+
+
+def _feature_file(path: str, rows: int, expected: str) -> Features:
+    x = load_feature_file(path)
+    if x.shape[0] != rows:
+        raise InputError(f"{path}: the feature file has {x.shape[0]:,} rows, but {expected} {rows:,} nodes")
+    check_finite(x, path)
+    return x
+
+
+def _pad_rows(x: Features, added: int) -> Features:
+    """``x`` with ``added`` zero rows appended (nodes that only the edge files name)."""
+    if not added:
+        return x
+    if sp.issparse(x):
+        indptr = np.concatenate([x.indptr, np.full(added, x.indptr[-1], dtype=x.indptr.dtype)])
+        return sp.csr_matrix((x.data, x.indices, indptr), shape=(x.shape[0] + added, x.shape[1]))
+    return np.concatenate([x, np.zeros((added, x.shape[1]), dtype=x.dtype)])
+
+
+def _pad_labels(labels: Labels, added: int) -> Labels:
+    values = np.concatenate([labels.values, np.full(added, -1, dtype=np.int64)])
+    return Labels(values, labels.num_classes, labels.names, labels.column)
+
+
+def _final_split(config: PipelineConfig, labels: Labels, split: np.ndarray) -> tuple[np.ndarray, str]:
+    given = bool((split != 0).any())
+    if given and not config.split.force:
+        return split, "given"
+    if labels.labeled == 0:
+        return np.zeros_like(split), "none"
+    return generate_split(labels.values, config.split), f"generated:{config.split.method}"
+
+
+# -- edges --------------------------------------------------------------------------------------
+
+
+def map_edges(
+    src_ids: Ids, dst_ids: Ids, files: list[EdgeSource], nodes: NodeTable | None, unknown: str
+) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """``(node ids, src, dst)``: every endpoint of the concatenated edge rows as a contiguous id (int64).
+
+    ``src_ids``/``dst_ids`` are int64 numpy or string Arrow ids; string edge ids are compared with
+    integer node ids as strings. Without a node table the nodes are the sorted distinct ids. An id
+    missing from the node table is an InputError (``unknown="error"``, naming the first file, row
+    and column) or a new node appended after the table's rows, in sorted order (``"add"``).
+    """
+    as_string = not isinstance(src_ids, np.ndarray)
+    if nodes is None:
+        keys = _sorted_unique([src_ids, dst_ids])
+        return _as_arrow(keys), _lookup(keys, src_ids), _lookup(keys, dst_ids)
+    keys = pc.cast(nodes.ids, pa.large_string()) if as_string else nodes.ids.to_numpy()
+    src, dst = _lookup(keys, src_ids), _lookup(keys, dst_ids)
+    bad_src, bad_dst = src < 0, dst < 0
+    if not (bad_src.any() or bad_dst.any()):
+        return nodes.ids, src, dst
+    if unknown == "error":
+        raise _unknown_id_error(files, nodes.path, src_ids, dst_ids, bad_src, bad_dst)
+    if as_string and pa.types.is_integer(nodes.ids.type):
+        raise InputError(
+            f"{nodes.path}: the node ids are integers, but the edge files name ids that are not; "
+            "data.unknown_nodes=add cannot add them"
+        )
+    new_ids = _sorted_unique([_take(src_ids, bad_src), _take(dst_ids, bad_dst)])
+    src[bad_src] = len(keys) + _lookup(new_ids, _take(src_ids, bad_src))
+    dst[bad_dst] = len(keys) + _lookup(new_ids, _take(dst_ids, bad_dst))
+    node_ids = pa.concat_arrays([nodes.ids, _as_arrow(new_ids).cast(nodes.ids.type)])
+    return node_ids, src, dst
+
+
+def _concat(columns: list[pa.ChunkedArray], as_string: bool) -> Ids:
+    if as_string:
+        chunks = [chunk for col in columns for chunk in pc.cast(col, pa.large_string()).chunks]
+        return pa.chunked_array(chunks, pa.large_string())
+    return np.concatenate([chunk.to_numpy() for col in columns for chunk in col.chunks])
+
+
+def _take(ids: Ids, mask: np.ndarray) -> Ids:
+    return ids[mask] if isinstance(ids, np.ndarray) else ids.filter(pa.array(mask))
+
+
+def _as_arrow(ids: Ids) -> pa.Array:
+    return pa.array(ids, pa.int64()) if isinstance(ids, np.ndarray) else ids.combine_chunks()
+
+
+def _sorted_unique(parts: list[Ids]) -> Ids:
+    """The sorted distinct ids of all ``parts`` (sort + neighbour mask; a presence table for a small int range)."""
+    if not isinstance(parts[0], np.ndarray):
+        unique = pc.unique(pa.chunked_array([c for p in parts for c in p.chunks], pa.large_string()))
+        return pa.chunked_array([pc.take(unique, pc.sort_indices(unique))])
+    values = [p for p in parts if len(p)]
+    if not values:
+        return np.empty(0, np.int64)
+    lo = min(int(p.min()) for p in values)
+    span = max(int(p.max()) for p in values) - lo + 1
+    total = sum(len(p) for p in values)
+    if _small_range(span, total):
+        present = np.zeros(span, dtype=bool)
+        for p in values:
+            present[p - lo] = True
+        return np.flatnonzero(present) + lo
+    ordered = np.sort(np.concatenate(values))
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+def _lookup(keys: Ids, values: Ids) -> np.ndarray:
+    """Position of each value in ``keys`` (int64, -1 = absent): a lookup table or a hash join."""
+    if not isinstance(keys, np.ndarray):
+        value_set = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        found = pc.index_in(values, value_set=value_set)
+        return pc.fill_null(found, -1).to_numpy().astype(np.int64)
+    if len(keys) == 0 or len(values) == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    lo, hi = int(keys.min()), int(keys.max())
+    if not _small_range(hi - lo + 1, len(keys) + len(values)):
+        found = pc.index_in(pa.array(values), value_set=pa.array(keys))
+        return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    table = np.full(hi - lo + 1, -1, dtype=id_dtype(len(keys)))
+    table[keys - lo] = np.arange(len(keys), dtype=table.dtype)
+    outside = (values < lo) | (values > hi)
+    if outside.any():
+        return np.where(outside, -1, table[np.where(outside, 0, values - lo)]).astype(np.int64)
+    return table[values - lo].astype(np.int64)
+
+
+def _small_range(span: int, count: int) -> bool:
+    """Whether ids spanning ``span`` values are mapped with a table (O(1) per id) rather than a hash join."""
+    return span <= LOOKUP_TABLE_SLACK * count + (1 << 26)
+
+
+def _unknown_id_error(
+    files: list[EdgeSource], nodes_path: str, src_ids: Ids, dst_ids: Ids, bad_src: np.ndarray, bad_dst: np.ndarray
+) -> InputError:
+    first = int(np.argmax(bad_src | bad_dst))
+    offsets = np.cumsum([0] + [f.rows for f in files])
+    k = int(np.searchsorted(offsets, first, side="right")) - 1
+    column, ids = (files[k].src_name, src_ids) if bad_src[first] else (files[k].dst_name, dst_ids)
+    value = ids[first] if isinstance(ids, np.ndarray) else ids[first].as_py()
+    total = int(bad_src.sum() + bad_dst.sum())
+    distinct = len(_sorted_unique([_take(src_ids, bad_src), _take(dst_ids, bad_dst)]))
+    shown = repr(value) if isinstance(value, str) else str(value)
+    return InputError(
+        f"{files[k].path}: row {first - offsets[k] + 1}: node id {shown} in column {column} is not in the "
+        f"node table {nodes_path} ({total:,} edge endpoints, {distinct:,} distinct ids, are unknown; "
+        "data.unknown_nodes=add would add them as nodes)"
+    )
+
+
+def canonical_edges(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(src, dst, self_loops, duplicates)``: each undirected edge once as ``src < dst``, sorted.
+
+    Duplicates include reverse duplicates (``b,a`` after ``a,b``). Sort-based: key ``min * N + max``.
+    """
+    loops = src == dst
+    self_loops = int(loops.sum())
+    key = np.minimum(src, dst, dtype=np.int64)
+    key *= num_nodes
+    key += np.maximum(src, dst, dtype=np.int64)
+    if self_loops:
+        key = key[~loops]
+    key.sort()
+    if len(key):
+        keep = np.empty(len(key), dtype=bool)
+        keep[0] = True
+        np.not_equal(key[1:], key[:-1], out=keep[1:])
+        key = key[keep]
+    lo, hi = np.divmod(key, max(num_nodes, 1))
+    dtype = id_dtype(num_nodes)
+    return lo.astype(dtype), hi.astype(dtype), self_loops, len(loops) - self_loops - len(key)
+
+
+def isolated_nodes(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> int:
+    """Nodes that no edge touches."""
+    touched = np.zeros(num_nodes, dtype=bool)
+    touched[src] = True
+    touched[dst] = True
+    return int(num_nodes - touched.sum())
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def _output_ids(ids: pa.Array) -> pa.Array:
+    """String ids as ``string`` when they fit (``large_string`` otherwise), integer ids as ``int64``."""
+    if pa.types.is_large_string(ids.type) and ids.nbytes < 2**31 - 1:
+        return ids.cast(pa.string())
+    return ids
+
+
+def _discard_damaged(final: Path) -> None:
+    """Move away a snapshot directory that exists but is incomplete, so that it can be written again."""
+    if final.exists() and not is_complete(final):
+        log.warning("snapshot directory %s is incomplete or damaged: replacing it", final)
+        aside = final.parent / f".{final.name}.damaged-{uuid.uuid4().hex[:12]}"
+        final.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
