@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,7 +261,9 @@ def _log_input(snapshot: SnapshotRef) -> None:
     from mlflow.data.meta_dataset import MetaDataset
 
     try:
-        source = resolve_dataset_source(snapshot.path)
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(snapshot.path)
         mlflow.log_input(MetaDataset(source=source, name=snapshot.name, digest=snapshot.fingerprint), context="training")
     except MlflowException as e:  # lineage is also in the tags; never fail a run on it
         log.warning("could not log dataset lineage: %s", e)

@@ -1,0 +1,163 @@
+"""Prefect tasks: thin wrappers that add retries and logging around the stages in :mod:`tasks`.
+
+Each returns a small frozen reference (paths and fingerprints), never arrays: Prefect pickles
+results. Caching across runs is done by the store itself (content fingerprints + complete
+manifests), so a stage whose output already exists returns at once and says so in its log.
+A user's mistake (:class:`tasks.errors.InputError`) is never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.runtime import flow_run
+
+from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store, read_manifest
+from tasks import ingest as ingest_mod
+from tasks import normalize as normalize_mod
+from tasks import partition as partition_mod
+from tasks import track as track_mod
+from tasks.config import PipelineConfig
+from tasks.errors import InputError
+from tasks.evaluate import EvaluationRef, evaluate_model
+from tasks.train import TrainResult, train_cluster_gcn
+
+LIBRARY_LOGGERS = ("tasks", "storage")
+
+
+def forward_library_logs() -> None:
+    """Send the library loggers' INFO records to Prefect's run logs (what
+    ``PREFECT_LOGGING_EXTRA_LOGGERS`` does, but also when Prefect set up logging before us)."""
+    extra = logging.getLogger("prefect.extra")
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        for handler in extra.handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+
+
+def retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry transient failures (I/O, a tracking server restarting), never bad input."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+_retrying = {"retries": 2, "retry_delay_seconds": [5, 30], "retry_condition_fn": retry_unless_user_error}
+
+
+@task(name="ingest", **_retrying)
+def ingest(config: PipelineConfig) -> SnapshotRef:
+    """Edge lists + node table -> versioned Parquet snapshot."""
+    return ingest_mod.ingest_graph(config)
+
+
+@task(name="current-snapshot")
+def current_snapshot(config: PipelineConfig) -> SnapshotRef:
+    """The snapshot last ingested for ``data.name`` in the store."""
+    ref = Store(config.store).current_snapshot(config.data.name)
+    if ref is None:
+        raise InputError(
+            f"no snapshot of graph {config.data.name!r} in store {Store(config.store).root}: run `graphpipe ingest` first"
+        )
+    return ref
+
+
+@task(name="normalize", **_retrying)
+def normalize(snapshot: SnapshotRef, config: PipelineConfig) -> FeaturesRef:
+    """Normalize features; statistics saved beside them."""
+    return normalize_mod.normalize_features(snapshot, config)
+
+
+@task(name="partition", **_retrying)
+def partition(snapshot: SnapshotRef, config: PipelineConfig) -> PartitionRef:
+    """METIS k-way partition, nodes permuted so clusters are contiguous."""
+    return partition_mod.partition_graph(snapshot, config, progress=config.progress)
+
+
+@task(name="layout-node-data", **_retrying)
+def layout(partition: PartitionRef, snapshot: SnapshotRef, features: FeaturesRef, config: PipelineConfig) -> NodeDataRef:
+    """Features, labels and split permuted into the partition's order."""
+    return partition_mod.layout_node_data(partition, snapshot, features, config)
+
+
+@task(name="start-tracking", **_retrying)
+def start_tracking(config: PipelineConfig, lineage: dict[str, str]) -> track_mod.RunRef:
+    """Open the MLflow run: config as params, lineage and the Prefect flow run as tags."""
+    tags = {**lineage, "prefect.flow_run_id": str(flow_run.get_id() or ""), "prefect.flow_run_name": str(flow_run.get_name() or "")}
+    return track_mod.start_run(config, tags, run_name=flow_run.get_name())
+
+
+@task(name="train", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
+def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef) -> TrainResult:
+    """Cluster-GCN training, per-epoch metrics to MLflow; a retry resumes from the checkpoint."""
+    logger = get_run_logger()
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        track_mod.log_epoch(run, epoch, metrics)
+        if "val_acc" in metrics and (epoch % 10 == 0 or epoch == config.train.epochs):
+            logger.info("epoch %d: loss %.4f, train_acc %.4f, val_acc %.4f", epoch, metrics["loss"], metrics["train_acc"], metrics["val_acc"])
+
+    result = train_cluster_gcn(node_data, config, on_epoch=on_epoch)
+    track_mod.log_tags(run, {"graphpipe.device": result.device, "graphpipe.resumed_from_epoch": result.resumed_from_epoch,
+                             "graphpipe.clusters_per_batch": result.clusters_per_batch, "graphpipe.checkpoint": result.checkpoint_dir})
+    return result
+
+
+@task(name="evaluate", **_retrying)
+def evaluate(trained: TrainResult, node_data: NodeDataRef, snapshot: SnapshotRef, config: PipelineConfig) -> EvaluationRef:
+    """Full-graph layer-wise inference with the best-validation weights; accuracy and macro-F1."""
+    return evaluate_model(trained, node_data, snapshot, config)
+
+
+@task(name="log-to-mlflow", **_retrying)
+def log_run(
+    run: track_mod.RunRef,
+    config: PipelineConfig,
+    snapshot: SnapshotRef,
+    features: FeaturesRef,
+    node_data: NodeDataRef,
+    trained: TrainResult,
+    evaluation: EvaluationRef,
+) -> track_mod.TrackResult:
+    """Final metrics, plots, statistics, the model, its registered version and the champion alias."""
+    history = read_history(trained)
+    return track_mod.log_results(
+        run,
+        config,
+        snapshot=snapshot,
+        features_path=features.path,
+        stats=normalize_mod.load_stats(features),
+        node_data=node_data,
+        trained_dir=trained.checkpoint_dir,
+        history=history,
+        evaluation=evaluation,
+        extra_tags={"graphpipe.best_epoch": trained.best_epoch, "graphpipe.epochs_run": trained.epochs_run},
+    )
+
+
+def read_history(trained: TrainResult) -> list[dict[str, Any]]:
+    from tasks.model import MODEL_FILE, load_checkpoint
+
+    return load_checkpoint(f"{trained.checkpoint_dir}/{MODEL_FILE}")["history"]
+
+
+def lineage_tags(snapshot: SnapshotRef, features: FeaturesRef, partition: PartitionRef, node_data: NodeDataRef) -> dict[str, str]:
+    manifest = read_manifest(snapshot.path)
+    return {
+        "graphpipe.data_fingerprint": snapshot.fingerprint,
+        "graphpipe.snapshot_path": snapshot.path,
+        "graphpipe.features_fingerprint": features.fingerprint,
+        "graphpipe.normalization": features.method,
+        "graphpipe.partition_fingerprint": partition.fingerprint,
+        "graphpipe.num_parts": str(partition.num_parts),
+        "graphpipe.node_data_fingerprint": node_data.fingerprint,
+        "graphpipe.code_version": str(manifest.get("code_version", "")),
+    }

@@ -1,0 +1,24 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def dataset(name: str) -> Path:
+    path = DATA / name
+    if not path.is_dir():
+        pytest.fail(f"test data missing: {path} (the project expects ../shared/data beside it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API and database for the tests that run flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
