@@ -60,7 +60,7 @@ def test_cora_pipeline_under_prefect_is_tracked_in_mlflow(prefect_harness, tmp_p
     # the registered model is a working predictor on raw features + edge_index
     version = client.get_model_version(ml["model"], ml["model_version"])
     assert version.run_id == ml["run_id"]
-    assert client.get_model_version_by_alias(ml["model"], "champion").version == ml["model_version"]
+    assert str(client.get_model_version_by_alias(ml["model"], "champion").version) == ml["model_version"]
     mlflow.set_tracking_uri(ml["tracking_uri"])
     model = mlflow.pytorch.load_model(f"models:/{ml['model']}/{ml['model_version']}")
     snap = result["snapshot"]

@@ -1,0 +1,84 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from storage.atomic import publish_dir
+from storage.snapshot import GraphTables, write_snapshot
+from storage.store import SnapshotRef, Store, make_manifest, write_manifest
+from tasks.config import load_config
+from tasks.normalize import apply_stats, fit_stats, load_stats, normalize_features, resolve_method
+
+X = np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, 4.0], [5.0, -1.0, 1.0]], dtype=np.float32)
+SPLIT = np.array([1, 1, 2, 3], dtype=np.int8)  # train rows 0 and 1
+
+
+def _snapshot(tmp_path: Path, x, name="g") -> SnapshotRef:
+    import pyarrow as pa
+
+    store = Store(tmp_path / "store")
+    out = store.snapshot_dir(name, "fp")
+    with publish_dir(out) as tmp:
+        files = write_snapshot(tmp, GraphTables(
+            src=np.array([0, 1, 2]), dst=np.array([1, 2, 3]), node_ids=pa.array([10, 11, 12, 13]),
+            labels=np.array([0, 1, 0, 1]), split=SPLIT, features=x))
+        write_manifest(tmp, make_manifest("snapshot", "fp", params={}, inputs={}, counts={"num_nodes": 4}, files=files))
+    return SnapshotRef(str(out), name, "fp")
+
+
+def _cfg(tmp_path, method):
+    return load_config(None, [f"normalize.method={method}"], base={"store": str(tmp_path / "store"), "data": {"name": "g"}})
+
+
+def test_row_normalization_exact(tmp_path):
+    ref = normalize_features(_snapshot(tmp_path, np.abs(X)), _cfg(tmp_path, "row"))
+    x = np.load(Path(ref.path) / "x.npy")
+    np.testing.assert_allclose(x[0], [0.25, 0.75, 0.0])
+    np.testing.assert_array_equal(x[1], [0, 0, 0])  # zero row stays zero
+    np.testing.assert_allclose(x[3], [5 / 7, 1 / 7, 1 / 7])
+
+
+def test_standard_uses_training_rows_only_and_is_saved(tmp_path):
+    ref = normalize_features(_snapshot(tmp_path, X), _cfg(tmp_path, "standard"))
+    stats = json.loads((Path(ref.path) / "stats.json").read_text())
+    # train rows 0 and 1: mean (0.5, 1.5, 0), std (0.5, 1.5, 0 -> 1)
+    assert stats["mean"] == [0.5, 1.5, 0.0]
+    assert stats["std"] == [0.5, 1.5, 1.0]
+    x = np.load(Path(ref.path) / "x.npy")
+    np.testing.assert_allclose(x[2], [3.0, 1 / 3, 4.0], rtol=1e-6)
+    # scoring applies the same transform to new rows
+    new = np.array([[1.5, 0.0, 2.0]], dtype=np.float32)
+    np.testing.assert_allclose(apply_stats(new, load_stats(ref)), [[2.0, -1.0, 2.0]])
+
+
+def test_auto_and_none(tmp_path):
+    assert resolve_method("auto", np.abs(X)) == "row"
+    assert resolve_method("auto", X) == "standard"
+    assert resolve_method("auto", sp.csr_matrix(np.abs(X))) == "row"
+    ref = normalize_features(_snapshot(tmp_path, X), _cfg(tmp_path, "none"))
+    np.testing.assert_array_equal(np.load(Path(ref.path) / "x.npy"), X)
+
+
+def test_sparse_features_give_the_same_result_as_dense():
+    dense = apply_stats(np.abs(X), fit_stats(np.abs(X), "row", np.array([0, 1])))
+    sparse = apply_stats(sp.csr_matrix(np.abs(X)), fit_stats(sp.csr_matrix(np.abs(X)), "row", np.array([0, 1])))
+    np.testing.assert_allclose(dense, sparse)
+    s1 = fit_stats(X, "standard", np.array([0, 1]))
+    s2 = fit_stats(sp.csr_matrix(X), "standard", np.array([0, 1]))
+    assert s1.mean == s2.mean and s1.std == s2.std
+
+
+def test_cached_by_snapshot_and_method(tmp_path):
+    snap = _snapshot(tmp_path, X)
+    a = normalize_features(snap, _cfg(tmp_path, "standard"))
+    mtime = (Path(a.path) / "x.npy").stat().st_mtime_ns
+    assert normalize_features(snap, _cfg(tmp_path, "standard")).path == a.path
+    assert (Path(a.path) / "x.npy").stat().st_mtime_ns == mtime
+    assert normalize_features(snap, _cfg(tmp_path, "none")).path != a.path
+
+
+def test_featureless_graph_gets_a_constant_feature(tmp_path):
+    ref = normalize_features(_snapshot(tmp_path, None), _cfg(tmp_path, "auto"))
+    np.testing.assert_array_equal(np.load(Path(ref.path) / "x.npy"), np.ones((4, 1), np.float32))

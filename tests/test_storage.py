@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from storage.atomic import publish_dir, write_json
+from storage.fingerprint import fingerprint_file, fingerprint_value
+from storage.store import SnapshotRef, Store, is_complete, make_manifest, write_manifest
+
+
+def test_publish_dir_is_all_or_nothing(tmp_path):
+    final = tmp_path / "out"
+    with publish_dir(final) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (final / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with publish_dir(tmp_path / "broken") as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("disk full")
+    assert not (tmp_path / "broken").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left behind
+
+
+def test_publish_dir_replace_keeps_old_until_new_is_complete(tmp_path):
+    final = tmp_path / "out"
+    with publish_dir(final) as tmp:
+        (tmp / "v").write_text("1")
+    with pytest.raises(ValueError):
+        with publish_dir(final, replace=True) as tmp:
+            (tmp / "v").write_text("2")
+            raise ValueError
+    assert (final / "v").read_text() == "1"
+    with publish_dir(final, replace=True) as tmp:
+        (tmp / "v").write_text("2")
+    assert (final / "v").read_text() == "2"
+    with publish_dir(final) as tmp:  # content-addressed: an existing directory wins
+        (tmp / "v").write_text("3")
+    assert (final / "v").read_text() == "2"
+
+
+def test_fingerprints_follow_content(tmp_path):
+    f = tmp_path / "f"
+    f.write_bytes(b"abc")
+    a = fingerprint_file(f)
+    f.write_bytes(b"abd")
+    assert fingerprint_file(f) != a
+    assert fingerprint_value({"b": 1, "a": 2}) == fingerprint_value({"a": 2, "b": 1})
+    assert fingerprint_value(1) != fingerprint_value("1")
+
+
+def test_manifest_marks_completeness_and_current_pointer(tmp_path):
+    store = Store(tmp_path)
+    d = store.snapshot_dir("g", "fp1")
+    d.mkdir(parents=True)
+    (d / "x").write_text("x")
+    assert not is_complete(d)
+    write_manifest(d, make_manifest("snapshot", "fp1", params={}, inputs={}, counts={}, files=["x"]))
+    assert is_complete(d)
+    (d / "x").unlink()
+    assert not is_complete(d)  # a listed file went missing
+    (d / "x").write_text("x")
+    ref = SnapshotRef(str(d), "g", "fp1")
+    store.set_current(ref)
+    store.set_current(ref)
+    assert store.current_snapshot("g") == ref
+    assert [h["fingerprint"] for h in store.history("g")] == ["fp1"]
+    write_json(d / "manifest.json", {**json.loads((d / "manifest.json").read_text()), "format_version": 0})
+    assert store.current_snapshot("g") is None  # an old format is not trusted

@@ -1,0 +1,118 @@
+"""Training on a small generated community graph: learning, resuming, accumulators."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from storage.store import NodeDataRef
+from tasks.config import PipelineConfig, load_config
+from tasks.errors import InputError
+from tasks.generate import GeneratorConfig, generate_graph
+from tasks.ingest import ingest_graph
+from tasks.model import MODEL_FILE, load_checkpoint
+from tasks.normalize import normalize_features
+from tasks.partition import layout_node_data, load_cluster_graph, partition_graph
+from tasks.train import Prefetcher, resolve_clusters_per_batch, train_cluster_gcn, train_epoch
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> tuple[PipelineConfig, NodeDataRef]:
+    root = tmp_path_factory.mktemp("train")
+    gen = generate_graph(GeneratorConfig(num_nodes=3000, num_classes=4, num_features=16, seed=1), root / "input")
+    cfg = load_config(None, ["train.epochs=6", "train.hidden=16", "partition.num_parts=12"],
+                      base={"store": str(root / "store"),
+                            "data": {"name": "g", "edges": [str(gen.edges_path)], "nodes": str(gen.nodes_path)}})
+    snap = ingest_graph(cfg)
+    part = partition_graph(snap, cfg)
+    return cfg, layout_node_data(part, snap, normalize_features(snap, cfg), cfg)
+
+
+def _with(cfg: PipelineConfig, store: Path, *overrides: str) -> PipelineConfig:
+    return load_config(None, list(overrides), base=cfg.model_dump(mode="json") | {"store": str(store)})
+
+
+def test_training_learns_and_keeps_best_validation_weights(prepared, tmp_path):
+    cfg, nd = prepared
+    result = train_cluster_gcn(nd, _with(cfg, tmp_path, "train.epochs=15"))
+    saved = load_checkpoint(Path(result.checkpoint_dir) / MODEL_FILE)
+    history = saved["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 16))
+    assert history[-1]["loss"] < history[0]["loss"]
+    best = max(history, key=lambda h: h["val_acc"])
+    assert result.best_epoch == best["epoch"] == saved["best_epoch"]
+    assert result.best_val_acc == pytest.approx(best["val_acc"])
+    assert result.best_val_acc > 0.5  # 4 classes: chance is 0.25
+    assert result.clusters_per_batch == 6  # auto: at most half of the 12 clusters
+
+
+def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(prepared, tmp_path):
+    cfg, nd = prepared
+    full = train_cluster_gcn(nd, _with(cfg, tmp_path / "a", "train.prefetch=0"))
+
+    def kill_at_3(epoch, metrics):
+        if epoch == 3:
+            raise Killed
+
+    resumable = _with(cfg, tmp_path / "b", "train.prefetch=0")
+    with pytest.raises(Killed):
+        train_cluster_gcn(nd, resumable, on_epoch=kill_at_3)
+    resumed = train_cluster_gcn(nd, resumable)
+    assert resumed.resumed_from_epoch == 3
+    assert resumed.epochs_run == 6
+    a = load_checkpoint(Path(full.checkpoint_dir) / MODEL_FILE)
+    b = load_checkpoint(Path(resumed.checkpoint_dir) / MODEL_FILE)
+    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-5)
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
+
+    # a finished run is not resumed: the next run (a nightly retrain) starts again from epoch 0
+    again = train_cluster_gcn(nd, resumable)
+    assert again.resumed_from_epoch == 0
+
+
+def test_epoch_loss_is_averaged_over_training_nodes(prepared):
+    cfg, nd = prepared
+    graph = load_cluster_graph(nd)
+
+    class Constant(torch.nn.Module):
+        """Uniform logits: the loss is log(4) for every node, whatever the batch sizes."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            from tasks.model import ModelSpec
+            self.spec = ModelSpec("gcn", graph.num_features, 4, 4, 1, 0.0)
+
+        def forward(self, x, adj):
+            return torch.zeros(x.shape[0], 4) + self.w  # uniform: loss = log(4) for every node
+
+    model = Constant()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    batches = [np.array([0]), np.array([1, 2, 3]), np.arange(4, 12)]
+    metrics = train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"))
+    assert metrics["loss"] == pytest.approx(np.log(4), rel=1e-6)
+
+
+def test_clusters_per_batch_validation(prepared):
+    cfg, nd = prepared
+    graph = load_cluster_graph(nd)
+    with pytest.raises(InputError, match="clusters_per_batch=13"):
+        resolve_clusters_per_batch(graph, cfg.train.model_copy(update={"clusters_per_batch": 13}))
+    assert resolve_clusters_per_batch(graph, cfg.train.model_copy(update={"clusters_per_batch": 5})) == 5
+
+
+def test_graph_without_training_labels_is_rejected(tmp_path):
+    edges = tmp_path / "e.csv"
+    edges.write_text("src,dst\n0,1\n1,2\n2,3\n")
+    cfg = load_config(None, [], base={"store": str(tmp_path / "s"), "data": {"name": "u", "edges": [str(edges)]},
+                                      "partition": {"num_parts": 2}})
+    snap = ingest_graph(cfg)
+    nd = layout_node_data(partition_graph(snap, cfg), snap, normalize_features(snap, cfg), cfg)
+    with pytest.raises(InputError, match="no labeled training nodes"):
+        train_cluster_gcn(nd, cfg)
