@@ -23,7 +23,7 @@ import datetime as dt
 import json
 import os
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ class SnapshotRef:
     path: str
     name: str
     fingerprint: str
+    reused: bool = field(default=False, compare=False)  # True when an existing output was returned
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class FeaturesRef:
     path: str
     fingerprint: str
     method: str
+    reused: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class PartitionRef:
     path: str
     fingerprint: str
     num_parts: int
+    reused: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class NodeDataRef:
     path: str
     fingerprint: str
     partition: PartitionRef
+    reused: bool = field(default=False, compare=False)
 
 
 @lru_cache(maxsize=1)
@@ -177,10 +181,10 @@ class Store:
         """Point ``CURRENT.json`` at ``ref`` (atomic) and append it to ``history.jsonl``."""
         gdir = self.graph_dir(ref.name)
         previous = self.current_snapshot(ref.name)
-        write_json(gdir / "CURRENT.json", asdict(ref))
+        write_json(gdir / "CURRENT.json", {k: v for k, v in asdict(ref).items() if k != "reused"})
         if previous is None or previous.fingerprint != ref.fingerprint:
             line = json.dumps(
-                {**asdict(ref), "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                {"path": ref.path, "name": ref.name, "fingerprint": ref.fingerprint, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             )
             history = gdir / "history.jsonl"
             old = history.read_bytes() if history.exists() else b""

@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def ingest_graph(config: PipelineConfig, *, progress: bool | None = None) -> Sna
     if is_complete(final):
         log.info("cache hit: snapshot %s of graph %r", fingerprint, config.data.name)
         store.set_current(ref)
-        return ref
+        return replace(ref, reused=True)
     start = time.perf_counter()
     tables, counts, label_names = build_graph(config, progress=show)
     _discard_damaged(final)

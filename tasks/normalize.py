@@ -112,7 +112,7 @@ def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> Feature
     if is_complete(out):
         manifest_method = read_json(out / STATS)["method"]
         log.info("normalize: cache hit %s (%s)", out, manifest_method)
-        return FeaturesRef(path=str(out), fingerprint=fp, method=manifest_method)
+        return FeaturesRef(path=str(out), fingerprint=fp, method=manifest_method, reused=True)
 
     x = read_features(snapshot.path)
     labels, split = read_nodes(snapshot.path)

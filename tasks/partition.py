@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -404,7 +405,7 @@ def partition_graph(snapshot: SnapshotRef, config: PipelineConfig, *, progress: 
     ref = PartitionRef(path=str(final), fingerprint=fp, num_parts=num_parts)
     if is_complete(final):
         log.info("partition %s: cache hit (%s)", fp, final)
-        return ref
+        return replace(ref, reused=True)
 
     start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -459,7 +460,7 @@ def layout_node_data(
     ref = NodeDataRef(path=str(final), fingerprint=fp, partition=partition)
     if is_complete(final):
         log.info("node data %s: cache hit (%s)", fp, final)
-        return ref
+        return replace(ref, reused=True)
     start = time.perf_counter()
     perm = open_array(partition.path, "perm", mmap=False)
     x = open_array(features.path, "x")

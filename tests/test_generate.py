@@ -143,7 +143,7 @@ def test_ids_do_not_line_up_with_communities(graph20k):
     shares = np.bincount(y, minlength=10) / n
     adjacent_same = np.mean(y[1:] == y[:-1])
     assert adjacent_same == pytest.approx(np.sum(shares**2), abs=0.02)
-    assert np.mean(y[src] == y[dst]) > 0.6
+    assert np.mean(y[src] == y[dst]) > 0.45  # about p_intra + (1 - p_intra) / C = 0.55 at the defaults, vs ~0.1 at random
     # Edges are not local in id space: with random ids P(|src - dst| < N/100) is about 2/100; were
     # communities (~1000 nodes) contiguous id ranges, most intra-community edges would be that close.
     assert np.mean(np.abs(src - dst) < n // 100) < 0.03
@@ -164,7 +164,7 @@ def test_homophily_follows_p_intra(tmp_path, p_intra):
     deg = degrees(src, dst, config.num_nodes)
     mass = np.bincount(y, weights=deg, minlength=10) / deg.sum()
     expected = p_intra + (1 - p_intra) * np.sum(mass**2)
-    assert same == pytest.approx(expected, abs=0.02)
+    assert same == pytest.approx(expected, abs=0.01)
     assert same > 3 / config.num_classes
 
 
