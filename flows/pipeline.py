@@ -12,13 +12,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from flows import stages
+from storage.store import NodeDataRef, PartitionRef
 from tasks.config import PipelineConfig, load_config
-from tasks.track import end_run, ui_command
+from tasks.track import RunRef, end_run, ui_command
 
 
 def resolve(config: PipelineConfig | dict | None, config_file: str | None, overrides: dict[str, Any] | None) -> PipelineConfig:
@@ -26,14 +28,17 @@ def resolve(config: PipelineConfig | dict | None, config_file: str | None, overr
     return load_config(config_file, overrides, base=config)
 
 
-def _train_and_track(cfg: PipelineConfig, snapshot) -> dict[str, Any]:
+def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dict[str, Any]:
     """normalize -> partition -> train -> evaluate -> MLflow, given a snapshot."""
     features = stages.normalize(snapshot, cfg)
     partition = stages.partition(snapshot, cfg)
     node_data = stages.layout(partition, snapshot, features, cfg)
     run = stages.start_tracking(cfg, stages.lineage_tags(snapshot, features, partition, node_data))
     try:
-        trained = stages.train(node_data, cfg, run)
+        if train_on:
+            trained = stages.train_on_deployment(train_on, node_data, cfg, run)
+        else:
+            trained = stages.train(node_data, cfg, run)
         evaluation = stages.evaluate(trained, node_data, snapshot, cfg)
         tracked = stages.log_run(run, cfg, snapshot, features, node_data, trained, evaluation)
     except BaseException as exc:
@@ -69,12 +74,17 @@ def graph_pipeline(
     config: PipelineConfig | None = None,
     config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
+    train_on: str | None = None,
 ) -> dict[str, Any]:
-    """ingest -> normalize -> partition -> train -> evaluate -> MLflow."""
+    """ingest -> normalize -> partition -> train -> evaluate -> MLflow.
+
+    ``train_on``: a deployment of :func:`train_stage` (e.g. ``graph-train-stage/gpu`` on a GPU
+    work pool) to run training on; ``None`` trains inside this flow run.
+    """
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
     snapshot = stages.ingest(cfg)
-    return _train_and_track(cfg, snapshot)
+    return _train_and_track(cfg, snapshot, train_on)
 
 
 @flow(name="graph-ingest")
@@ -101,8 +111,17 @@ def partition_flow(config: PipelineConfig | None = None, config_file: str | None
 
 @flow(name="graph-train")
 def train_flow(config: PipelineConfig | None = None, config_file: str | None = None,
-               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+               overrides: dict[str, Any] | None = None, train_on: str | None = None) -> dict[str, Any]:
     """Train on the current snapshot (normalize and partition reused when cached)."""
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
-    return _train_and_track(cfg, stages.current_snapshot(cfg))
+    return _train_and_track(cfg, stages.current_snapshot(cfg), train_on)
+
+
+@flow(name="graph-train-stage")
+def train_stage(node_data: dict[str, Any], config: PipelineConfig, run: dict[str, Any]) -> dict[str, Any]:
+    """Training alone, for a GPU work pool: reads the partitioned graph from the shared store,
+    logs epochs to the MLflow run ``run``, writes checkpoints and its result back to the store."""
+    stages.forward_library_logs()
+    ref = NodeDataRef(**{**node_data, "partition": PartitionRef(**node_data["partition"])})
+    return asdict(stages.train(ref, config, RunRef(**run)))

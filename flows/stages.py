@@ -8,12 +8,21 @@ A user's mistake (:class:`tasks.errors.InputError`) is never retried.
 
 from __future__ import annotations
 
+import functools
+import re
 import logging
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
+from storage.atomic import read_json, write_json
 from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store, read_manifest
 from tasks import ingest as ingest_mod
 from tasks import normalize as normalize_mod
@@ -22,7 +31,7 @@ from tasks import track as track_mod
 from tasks.config import PipelineConfig
 from tasks.errors import InputError
 from tasks.evaluate import EvaluationRef, evaluate_model
-from tasks.train import TrainResult, train_cluster_gcn
+from tasks.train import TrainResult, checkpoint_key, train_cluster_gcn
 
 LIBRARY_LOGGERS = ("tasks", "storage")
 
@@ -52,8 +61,39 @@ def retry_unless_user_error(task, task_run, state) -> bool:
 
 _retrying = {"retries": 2, "retry_delay_seconds": [5, 30], "retry_condition_fn": retry_unless_user_error}
 
+T = TypeVar("T")
 
-@task(name="ingest", **_retrying)
+
+def reusable_stage(**task_options: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A Prefect task for a stage whose output may already be in the store.
+
+    When the stage returns a reference marked ``reused``, the task run ends in a ``Cached``
+    state (visible in the UI and the API) with a "cache hit" message; callers get the reference
+    either way.
+    """
+
+    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def body(*args: Any, **kwargs: Any) -> Any:
+            ref = fn(*args, **kwargs)
+            if getattr(ref, "reused", False):
+                return Completed(data=ref, name="Cached", message=f"cache hit: {ref.path}")
+            return ref
+
+        prefect_task = task(**task_options)(body)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> T:
+            out = prefect_task(*args, **kwargs)
+            return out.result() if isinstance(out, State) else out
+
+        call.task = prefect_task  # type: ignore[attr-defined]
+        return call
+
+    return decorate
+
+
+@reusable_stage(name="ingest", **_retrying)
 def ingest(config: PipelineConfig) -> SnapshotRef:
     """Edge lists + node table -> versioned Parquet snapshot."""
     return ingest_mod.ingest_graph(config)
@@ -70,19 +110,19 @@ def current_snapshot(config: PipelineConfig) -> SnapshotRef:
     return ref
 
 
-@task(name="normalize", **_retrying)
+@reusable_stage(name="normalize", **_retrying)
 def normalize(snapshot: SnapshotRef, config: PipelineConfig) -> FeaturesRef:
     """Normalize features; statistics saved beside them."""
     return normalize_mod.normalize_features(snapshot, config)
 
 
-@task(name="partition", **_retrying)
+@reusable_stage(name="partition", **_retrying)
 def partition(snapshot: SnapshotRef, config: PipelineConfig) -> PartitionRef:
     """METIS k-way partition, nodes permuted so clusters are contiguous."""
     return partition_mod.partition_graph(snapshot, config, progress=config.progress)
 
 
-@task(name="layout-node-data", **_retrying)
+@reusable_stage(name="layout-node-data", **_retrying)
 def layout(partition: PartitionRef, snapshot: SnapshotRef, features: FeaturesRef, config: PipelineConfig) -> NodeDataRef:
     """Features, labels and split permuted into the partition's order."""
     return partition_mod.layout_node_data(partition, snapshot, features, config)
@@ -107,8 +147,37 @@ def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef)
 
     result = train_cluster_gcn(node_data, config, on_epoch=on_epoch)
     track_mod.log_tags(run, {"graphpipe.device": result.device, "graphpipe.resumed_from_epoch": result.resumed_from_epoch,
-                             "graphpipe.clusters_per_batch": result.clusters_per_batch, "graphpipe.checkpoint": result.checkpoint_dir})
+                             "graphpipe.clusters_per_batch": result.clusters_per_batch, "graphpipe.checkpoint": result.checkpoint_dir,
+                             "graphpipe.train_flow_run_id": str(flow_run.get_id() or "")})
+    write_json(_result_file(result.checkpoint_dir, run), asdict(result))
     return result
+
+
+def _result_file(checkpoint_dir: str, run: track_mod.RunRef) -> Path:
+    return Path(checkpoint_dir) / f"result-{run.run_id}.json"
+
+
+def train_on_deployment(
+    deployment: str, node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef
+) -> TrainResult:
+    """Run training as a flow run of ``deployment`` (e.g. on a GPU work pool) and wait for it.
+
+    The two sides share only the store and the Prefect API: the training run reads the
+    partitioned graph from the store and writes its result file beside its checkpoints.
+    """
+    logger = get_run_logger()
+    logger.info("training on deployment %s", deployment)
+    child = run_deployment(
+        name=deployment,
+        parameters={"node_data": asdict(node_data), "config": config.model_dump(mode="json"), "run": asdict(run)},
+        timeout=None,
+    )
+    state = child.state
+    if state is None or not state.is_completed():
+        name = state.name if state else "unknown"
+        raise RuntimeError(f"training flow run {child.name} on {deployment} ended {name}: {state.message if state else ''}")
+    ckpt = Store(config.store).checkpoint_dir(config.data.name, checkpoint_key(node_data, config.train))
+    return TrainResult(**read_json(_result_file(str(ckpt), run)))
 
 
 @task(name="evaluate", **_retrying)
@@ -129,7 +198,7 @@ def log_run(
 ) -> track_mod.TrackResult:
     """Final metrics, plots, statistics, the model, its registered version and the champion alias."""
     history = read_history(trained)
-    return track_mod.log_results(
+    tracked = track_mod.log_results(
         run,
         config,
         snapshot=snapshot,
@@ -141,6 +210,12 @@ def log_run(
         evaluation=evaluation,
         extra_tags={"graphpipe.best_epoch": trained.best_epoch, "graphpipe.epochs_run": trained.epochs_run},
     )
+    create_markdown_artifact(
+        key=("graphpipe-" + re.sub(r"[^a-z0-9-]+", "-", config.data.name.lower()))[:100],
+        markdown=track_mod.summary_markdown(tracked, evaluation.metrics, trained),
+        description=f"graphpipe run on {config.data.name}",
+    )
+    return tracked
 
 
 def read_history(trained: TrainResult) -> list[dict[str, Any]]:

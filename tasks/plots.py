@@ -57,7 +57,10 @@ def embeddings(coords: np.ndarray, labels: np.ndarray, path: Path) -> Path:
     unlabeled = labels < 0
     if unlabeled.any():
         ax.scatter(coords[unlabeled, 0], coords[unlabeled, 1], s=3, c="lightgrey", label="unlabeled")
-    sc = ax.scatter(coords[~unlabeled, 0], coords[~unlabeled, 1], s=3, c=labels[~unlabeled], cmap="tab20")
+    num_classes = int(labels.max()) + 1 if len(labels) else 1
+    cmap = "tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo"
+    sc = ax.scatter(coords[~unlabeled, 0], coords[~unlabeled, 1], s=3, c=labels[~unlabeled], cmap=cmap,
+                    vmin=-0.5, vmax=num_classes - 0.5)
     fig.colorbar(sc, ax=ax, label="class")
     ax.set_title(f"learned embeddings (PCA of the last hidden layer, {len(coords)} nodes)")
     fig.tight_layout()

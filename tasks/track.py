@@ -73,6 +73,37 @@ def ui_command(run: RunRef) -> str:
     )
 
 
+def run_link(run: RunRef) -> str:
+    """A Markdown link to the run in the MLflow UI (a server), or how to open it (a local store)."""
+    if run.tracking_uri.startswith(("http://", "https://")):
+        url = f"{run.tracking_uri.rstrip('/')}/{run.ui_path()}"
+        return f"[MLflow run {run.run_id}]({url})"
+    return f"MLflow run `{run.run_id}`: `{ui_command(run)}`"
+
+
+def summary_markdown(tracked: TrackResult, metrics: dict[str, float], trained: Any) -> str:
+    """The Prefect artifact of a run: metrics, the champion decision with both scores, the link."""
+    rows = "\n".join(
+        f"| {split} | {metrics.get(f'{split}_acc', float('nan')):.4f} | {metrics.get(f'{split}_macro_f1', float('nan')):.4f} |"
+        for split in ("train", "val", "test")
+    )
+    previous = "none" if tracked.champion_val_acc is None else f"{tracked.champion_val_acc:.4f}"
+    if tracked.model_version is None:
+        decision = "model not registered (track.log_model=false)"
+    elif tracked.champion:
+        decision = f"version {tracked.model_version} is now `{CHAMPION}` (val_acc {metrics['val_acc']:.4f} >= previous {previous})"
+    else:
+        decision = f"version {tracked.model_version} registered; `{CHAMPION}` unchanged (val_acc {metrics['val_acc']:.4f} < champion's {previous})"
+    return (
+        f"## graphpipe: {tracked.model_name or 'run'}\n\n"
+        f"{run_link(tracked.run)}\n\n"
+        f"| split | accuracy | macro-F1 |\n|---|---|---|\n{rows}\n\n"
+        f"**Champion decision:** {decision}\n\n"
+        f"Best epoch {trained.best_epoch} of {trained.epochs_run} on {trained.device}"
+        f" ({trained.clusters_per_batch} clusters per batch; resumed from epoch {trained.resumed_from_epoch}).\n"
+    )
+
+
 def tracking_uri(config: PipelineConfig) -> str:
     if config.track.tracking_uri:
         return config.track.tracking_uri
@@ -252,6 +283,7 @@ def log_results(
             "graphpipe.model_version": version,
             "graphpipe.champion_decision": "promoted" if promoted else "kept previous champion",
             "graphpipe.champion_previous_val_acc": "none" if champion_val is None else f"{champion_val:.4f}",
+            "graphpipe.champion_candidate_val_acc": f"{evaluation.metrics['val_acc']:.4f}",
         })
     return TrackResult(run, name, version, promoted, champion_val)
 

@@ -1,0 +1,215 @@
+"""graphpipe's local stack: a Prefect server, an MLflow tracking server, and a worker on each of the
+`cpu` and `gpu` work pools, all on 127.0.0.1, with their state under one directory.
+
+    python deployments/stack.py up        # start everything, create the pools, deploy prefect.yaml
+    python deployments/stack.py status    # ports, pids, UIs
+    python deployments/stack.py down      # stop everything (workers first)
+
+`up` prints the environment to use the stack from a shell (PREFECT_API_URL, MLFLOW_TRACKING_URI).
+The end-to-end test drives the same class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Wait until ``url`` answers 200; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@dataclass
+class LocalStack:
+    root: Path
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}/api"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    def env(self) -> dict[str, str]:
+        """The environment of every process of the stack, and of a shell using it."""
+        return {
+            **os.environ,
+            "PREFECT_API_URL": self.prefect_api,
+            "PREFECT_HOME": str(self.root / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.root / 'prefect.db'}",
+            "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,storage",
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "GRAPHPIPE_HOME": str(REPO),
+        }
+
+    # -- processes ------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], cwd: Path | None = None) -> subprocess.Popen:
+        with open(self.root / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                args, cwd=cwd or self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.pids[name] = proc.pid
+        self._save()
+        return proc
+
+    def _prefect(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=self.env(), capture_output=True,
+                              text=True, check=check, timeout=300, stdin=subprocess.DEVNULL)
+
+    def start_servers(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        prefect = self._spawn("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                                 "--port", str(self.prefect_port)])
+        mlflow = self._spawn("mlflow-server", [
+            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "mlartifacts"),
+        ])
+        wait_http(f"{self.prefect_api}/health", 180, prefect, self.root / "prefect-server.log")
+        wait_http(f"{self.mlflow_uri}/health", 180, mlflow, self.root / "mlflow-server.log")
+
+    def create_pools(self, pools: tuple[str, ...] = ("cpu", "gpu")) -> None:
+        for pool in pools:
+            out = self._prefect("work-pool", "create", pool, "--type", "process", check=False)
+            if out.returncode != 0 and "already exists" not in out.stdout + out.stderr:
+                raise RuntimeError(f"could not create work pool {pool}: {out.stdout}{out.stderr}")
+
+    def deploy(self) -> str:
+        out = self._prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"prefect deploy failed:\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+
+    def start_workers(self, pools: tuple[str, ...] = ("cpu", "gpu")) -> None:
+        for pool in pools:
+            cwd = self.root / f"worker-{pool}"
+            cwd.mkdir(parents=True, exist_ok=True)
+            self._spawn(f"worker-{pool}", [str(BIN / "prefect"), "worker", "start", "--pool", pool,
+                                           "--name", f"{pool}-worker", "--type", "process"], cwd=cwd)
+
+    def up(self) -> None:
+        self.start_servers()
+        self.create_pools()
+        self.deploy()
+        self.start_workers()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Workers first (SIGINT: a worker ignores SIGTERM for a while), then the servers."""
+        order = sorted(self.pids, key=lambda n: not n.startswith("worker"))
+        for name in order:
+            pid = self.pids[name]
+            sig = signal.SIGINT if name.startswith("worker") else signal.SIGTERM
+            _signal_group(pid, sig)
+            if not _wait_gone(pid, timeout):
+                _signal_group(pid, signal.SIGKILL)
+                _wait_gone(pid, 5)
+            del self.pids[name]
+            self._save()
+
+    # -- state ----------------------------------------------------------------------------
+    def _save(self) -> None:
+        state = {"prefect_port": self.prefect_port, "mlflow_port": self.mlflow_port, "pids": self.pids}
+        (self.root / "stack.json").write_text(json.dumps(state, indent=2))
+
+    @classmethod
+    def load(cls, root: Path) -> LocalStack:
+        state = json.loads((root / "stack.json").read_text())
+        return cls(root, state["prefect_port"], state["mlflow_port"], state["pids"])
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return True
+        except ChildProcessError:  # not our child: poll for existence
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["up", "down", "status"])
+    p.add_argument("--dir", default=str(REPO / ".stack"), help="state, logs and databases (default: .stack)")
+    p.add_argument("--prefect-port", type=int, default=4200)
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    args = p.parse_args(argv)
+    root = Path(args.dir).resolve()
+    if args.command == "up":
+        stack = LocalStack(root, args.prefect_port, args.mlflow_port)
+        try:
+            stack.up()
+        except BaseException:
+            stack.stop()
+            raise
+        print(f"Prefect UI: http://127.0.0.1:{stack.prefect_port}   MLflow UI: {stack.mlflow_uri}")
+        print("Use the stack from this shell with:")
+        print(f"  export PREFECT_API_URL={stack.prefect_api} MLFLOW_TRACKING_URI={stack.mlflow_uri}")
+        print("  prefect deployment run 'graph-pipeline/nightly' --watch")
+        print(f"Logs in {root}; stop with: python deployments/stack.py down")
+        return 0
+    if not (root / "stack.json").exists():
+        print(f"no stack in {root}", file=sys.stderr)
+        return 1
+    stack = LocalStack.load(root)
+    if args.command == "down":
+        stack.stop()
+        print("stopped")
+    else:
+        print(json.dumps({"prefect": stack.prefect_api, "mlflow": stack.mlflow_uri, "pids": stack.pids}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
