@@ -35,10 +35,11 @@ def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dic
     node_data = stages.layout(partition, snapshot, features, cfg)
     run = stages.start_tracking(cfg, stages.lineage_tags(snapshot, features, partition, node_data))
     try:
+        init_from = stages.champion_weights(cfg) if cfg.train.warm_start else None
         if train_on:
-            trained = stages.train_on_deployment(train_on, node_data, cfg, run)
+            trained = stages.train_on_deployment(train_on, node_data, cfg, run, init_from)
         else:
-            trained = stages.train(node_data, cfg, run)
+            trained = stages.train(node_data, cfg, run, init_from)
         evaluation = stages.evaluate(trained, node_data, snapshot, cfg)
         tracked = stages.log_run(run, cfg, snapshot, features, node_data, trained, evaluation)
     except BaseException as exc:
@@ -119,9 +120,11 @@ def train_flow(config: PipelineConfig | None = None, config_file: str | None = N
 
 
 @flow(name="graph-train-stage")
-def train_stage(node_data: dict[str, Any], config: PipelineConfig, run: dict[str, Any]) -> dict[str, Any]:
+def train_stage(
+    node_data: dict[str, Any], config: PipelineConfig, run: dict[str, Any], init_from: str | None = None
+) -> dict[str, Any]:
     """Training alone, for a GPU work pool: reads the partitioned graph from the shared store,
     logs epochs to the MLflow run ``run``, writes checkpoints and its result back to the store."""
     stages.forward_library_logs()
     ref = NodeDataRef(**{**node_data, "partition": PartitionRef(**node_data["partition"])})
-    return asdict(stages.train(ref, config, RunRef(**run)))
+    return asdict(stages.train(ref, config, RunRef(**run), init_from))

@@ -135,8 +135,18 @@ def start_tracking(config: PipelineConfig, lineage: dict[str, str]) -> track_mod
     return track_mod.start_run(config, tags, run_name=flow_run.get_name())
 
 
+@task(name="champion-weights", **_retrying)
+def champion_weights(config: PipelineConfig) -> str | None:
+    """The registered champion's weights for a warm start (``train.warm_start``), if any."""
+    found = track_mod.champion_weights(config)
+    if found is None:
+        get_run_logger().info("warm start requested but there is no champion yet: starting from random weights")
+        return None
+    return found[0]
+
+
 @task(name="train", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
-def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef) -> TrainResult:
+def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef, init_from: str | None = None) -> TrainResult:
     """Cluster-GCN training, per-epoch metrics to MLflow; a retry resumes from the checkpoint."""
     logger = get_run_logger()
 
@@ -145,8 +155,9 @@ def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef)
         if "val_acc" in metrics and (epoch % 10 == 0 or epoch == config.train.epochs):
             logger.info("epoch %d: loss %.4f, train_acc %.4f, val_acc %.4f", epoch, metrics["loss"], metrics["train_acc"], metrics["val_acc"])
 
-    result = train_cluster_gcn(node_data, config, on_epoch=on_epoch)
-    track_mod.log_tags(run, {"graphpipe.device": result.device, "graphpipe.resumed_from_epoch": result.resumed_from_epoch,
+    result = train_cluster_gcn(node_data, config, on_epoch=on_epoch, init_from=init_from)
+    track_mod.log_tags(run, {"graphpipe.warm_start_from": init_from if result.warm_started else "none",
+                             "graphpipe.device": result.device, "graphpipe.resumed_from_epoch": result.resumed_from_epoch,
                              "graphpipe.clusters_per_batch": result.clusters_per_batch, "graphpipe.checkpoint": result.checkpoint_dir,
                              "graphpipe.train_flow_run_id": str(flow_run.get_id() or "")})
     write_json(_result_file(result.checkpoint_dir, run), asdict(result))
@@ -158,7 +169,7 @@ def _result_file(checkpoint_dir: str, run: track_mod.RunRef) -> Path:
 
 
 def train_on_deployment(
-    deployment: str, node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef
+    deployment: str, node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef, init_from: str | None = None
 ) -> TrainResult:
     """Run training as a flow run of ``deployment`` (e.g. on a GPU work pool) and wait for it.
 
@@ -169,14 +180,15 @@ def train_on_deployment(
     logger.info("training on deployment %s", deployment)
     child = run_deployment(
         name=deployment,
-        parameters={"node_data": asdict(node_data), "config": config.model_dump(mode="json"), "run": asdict(run)},
+        parameters={"node_data": asdict(node_data), "config": config.model_dump(mode="json"), "run": asdict(run),
+                    "init_from": init_from},
         timeout=None,
     )
     state = child.state
     if state is None or not state.is_completed():
         name = state.name if state else "unknown"
         raise RuntimeError(f"training flow run {child.name} on {deployment} ended {name}: {state.message if state else ''}")
-    ckpt = Store(config.store).checkpoint_dir(config.data.name, checkpoint_key(node_data, config.train))
+    ckpt = Store(config.store).checkpoint_dir(config.data.name, checkpoint_key(node_data, config.train, init_from))
     return TrainResult(**read_json(_result_file(str(ckpt), run)))
 
 

@@ -122,6 +122,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prefetch: int = Field(default=2, ge=0)
     resume: bool = True
+    warm_start: bool = False  # start from the registered champion's weights when they fit
 
 
 class TrackConfig(_Section):

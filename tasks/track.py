@@ -35,13 +35,14 @@ from storage.store import NodeDataRef, SnapshotRef, Store, read_manifest
 from tasks.batching import batch_subgraph
 from tasks.config import PipelineConfig
 from tasks.evaluate import EvaluationRef
-from tasks.model import EdgeIndexPredictor, load_trained
+from tasks.model import MODEL_FILE, EdgeIndexPredictor, load_trained
 from tasks.normalize import NormalizationStats
 from tasks.plots import confusion, embeddings, learning_curves
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+WEIGHTS_DIR = "checkpoint"  # the run's best weights in graphpipe's own format, for warm starts
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,27 @@ def _log_model(
     return info.model_uri, version
 
 
+def champion_weights(config: PipelineConfig) -> tuple[str, str] | None:
+    """``(path, run id)`` of the current champion's weights, downloaded into the store once;
+    ``None`` when there is no champion yet."""
+    uri = tracking_uri(config)
+    client = _client(uri)
+    try:
+        version = client.get_model_version_by_alias(model_name(config), CHAMPION)
+    except MlflowException:
+        return None
+    target = Store(config.store).graph_dir(config.data.name) / "warm_start" / version.run_id
+    path = target / WEIGHTS_DIR / MODEL_FILE
+    if not path.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            client.download_artifacts(version.run_id, f"{WEIGHTS_DIR}/{MODEL_FILE}", str(target))
+        except (MlflowException, OSError) as e:
+            log.warning("champion run %s has no weights to warm-start from: %s", version.run_id, e)
+            return None
+    return str(path), version.run_id
+
+
 def _promote(client: MlflowClient, name: str, version: str, val_acc: float) -> tuple[bool, float | None]:
     """Move the ``champion`` alias to ``version`` if its validation accuracy is at least the
     current champion's."""
@@ -269,6 +291,7 @@ def log_results(
         (t / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         for sub in ("plots", "stats"):
             client.log_artifacts(run.run_id, str(t / sub), sub)
+        client.log_artifact(run.run_id, str(Path(trained_dir) / MODEL_FILE), WEIGHTS_DIR)
         client.log_artifact(run.run_id, str(t / "config.yaml"))
 
     name = model_name(config) if config.track.log_model else None

@@ -61,6 +61,7 @@ class TrainResult:
     device: str
     seconds: float
     batch_wait_fraction: float
+    warm_started: bool = False
 
 
 def resolve_clusters_per_batch(graph: ClusterGraph, config: TrainConfig) -> int:
@@ -82,9 +83,10 @@ def num_classes_of(graph: ClusterGraph, config: PipelineConfig) -> int:
     return max(config.data.num_classes or 0, labels_max + 1)
 
 
-def checkpoint_key(node_data: NodeDataRef, config: TrainConfig) -> str:
+def checkpoint_key(node_data: NodeDataRef, config: TrainConfig, init_from: str | None = None) -> str:
+    """Checkpoints are shared by runs with the same node data, settings and initial weights."""
     params = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
-    return fingerprint_value("train-v1", node_data.fingerprint, params)
+    return fingerprint_value("train-v1", node_data.fingerprint, params, init_from)
 
 
 class Prefetcher:
@@ -125,6 +127,21 @@ def _save(path: Path, obj: dict[str, Any]) -> None:
     write_bytes(path, buf.getvalue())
 
 
+def _warm_start(model: GNN, spec: ModelSpec, path: str) -> bool:
+    """Load weights saved by an earlier run if they fit ``spec``; say why not otherwise."""
+    saved = load_checkpoint(path)
+    old = ModelSpec(**saved["spec"])
+    if (old.kind, old.in_dim, old.hidden, old.out_dim, old.num_layers) != (
+        spec.kind, spec.in_dim, spec.hidden, spec.out_dim, spec.num_layers
+    ):
+        log.info("train: not warm-starting from %s: its model %s differs from %s (feature layout or settings changed)",
+                 path, saved["spec"], spec.to_dict())
+        return False
+    model.load_state_dict(saved["state_dict"])
+    log.info("train: warm start from %s", path)
+    return True
+
+
 def train_epoch(
     model: GNN,
     optimizer: torch.optim.Optimizer,
@@ -158,8 +175,13 @@ def train_cluster_gcn(
     *,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool | None = None,
+    init_from: str | None = None,
 ) -> TrainResult:
-    """Train (or resume training) and save the best-validation weights as ``model.pt``."""
+    """Train (or resume training) and save the best-validation weights as ``model.pt``.
+
+    ``init_from``: a ``model.pt`` to start from (warm start) when its architecture and the
+    graph's feature layout match; otherwise training starts from random weights.
+    """
     tc = config.train
     progress = config.progress if progress is None else progress
     graph = ClusterGraph.open(node_data.partition.path, node_data.path)
@@ -171,12 +193,13 @@ def train_cluster_gcn(
     num_classes = num_classes_of(graph, config)
     q = resolve_clusters_per_batch(graph, tc)
     spec = ModelSpec(tc.model, graph.num_features, tc.hidden, num_classes, tc.num_layers, tc.dropout)
-    key = checkpoint_key(node_data, tc)
+    key = checkpoint_key(node_data, tc, init_from)
     ckpt_dir = Store(config.store).checkpoint_dir(config.data.name, key)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(tc.seed)
     model = GNN(spec).to(device)
+    warm = init_from is not None and _warm_start(model, spec, init_from)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     state: dict[str, Any] = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "best_state": None, "history": [], "stale": 0}
     last = ckpt_dir / LAST
@@ -245,4 +268,5 @@ def train_cluster_gcn(
         device=str(device),
         seconds=time.perf_counter() - t_start,
         batch_wait_fraction=wait_total / train_total if train_total else 0.0,
+        warm_started=warm,
     )

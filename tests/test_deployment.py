@@ -136,7 +136,7 @@ def test_nightly_deployment_end_to_end(stack, tmp_path):
     assert any(run2["info"]["run_id"] in (a.get("data") or "") for a in artifacts)
 
     # training killed mid-run: the pipeline fails with the reason, the champion stays, a re-run resumes
-    third_id = _run_nightly(stack, store, epochs=400)
+    third_id = _run_nightly(stack, store, epochs=80)
     _wait_for_epochs(stack, third_id, 3)
     _training_process(stack).terminate()  # what a node shutting down does first
     third = _wait(stack, third_id)
@@ -146,7 +146,7 @@ def test_nightly_deployment_end_to_end(stack, tmp_path):
     assert run3["info"]["status"] == "FAILED"
     assert _champion(stack)["version"] == champion["version"]
 
-    fourth = _wait(stack, _run_nightly(stack, store, epochs=400), timeout=900)
+    fourth = _wait(stack, _run_nightly(stack, store, epochs=80), timeout=900)
     assert fourth["state_type"] == "COMPLETED", fourth["state"]
     run4 = _mlflow_run(stack, fourth["id"])
     assert int(_tag(run4, "graphpipe.resumed_from_epoch")) >= 3

@@ -116,3 +116,17 @@ def test_graph_without_training_labels_is_rejected(tmp_path):
     nd = layout_node_data(partition_graph(snap, cfg), snap, normalize_features(snap, cfg), cfg)
     with pytest.raises(InputError, match="no labeled training nodes"):
         train_cluster_gcn(nd, cfg)
+
+
+def test_warm_start_from_earlier_weights_only_when_they_fit(prepared, tmp_path):
+    cfg, nd = prepared
+    first = train_cluster_gcn(nd, _with(cfg, tmp_path / "a", "train.epochs=10"))
+    weights = str(Path(first.checkpoint_dir) / MODEL_FILE)
+    cold = train_cluster_gcn(nd, _with(cfg, tmp_path / "b", "train.epochs=1"))
+    warm = train_cluster_gcn(nd, _with(cfg, tmp_path / "c", "train.epochs=1"), init_from=weights)
+    assert warm.warm_started and not cold.warm_started
+    loss = lambda r: load_checkpoint(Path(r.checkpoint_dir) / MODEL_FILE)["history"][0]["loss"]  # noqa: E731
+    assert loss(warm) < loss(cold)
+    assert warm.checkpoint_dir != cold.checkpoint_dir  # initial weights are part of the checkpoint key
+    wider = train_cluster_gcn(nd, _with(cfg, tmp_path / "d", "train.epochs=1", "train.hidden=32"), init_from=weights)
+    assert not wider.warm_started
