@@ -55,3 +55,28 @@ def test_predictor_applies_saved_normalization():
     mean, std = raw.mean(0), raw.std(0)
     std_pred = EdgeIndexPredictor(model, "standard", mean, std)(raw, ei)
     torch.testing.assert_close(std_pred, EdgeIndexPredictor(model, "none")((raw - mean) / std, ei))
+
+
+def test_symmetric_spmm_gives_the_same_gradients_as_pyg():
+    graph, _ = _random_graph(seed=4)
+    torch.manual_seed(2)
+    model = GNN(ModelSpec("gcn", 5, 8, 3, 2, 0.0)).train()
+    batch = build_batch(graph, np.arange(graph.num_parts), "gcn")
+    model(batch.x, batch.adj).square().sum().backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    h = torch.relu(model.convs[0](batch.x, batch.adj))  # PyG's own propagate
+    model.convs[1](h, batch.adj).square().sum().backward()
+    for a, p in zip(ours, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_keeps_the_expected_value():
+    from tasks.model import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = dropout(x, 0.3, True)
+    assert abs(float((y == 0).float().mean()) - 0.3) < 0.01
+    assert abs(float(y.mean()) - 1.0) < 0.01
+    assert torch.equal(dropout(x, 0.3, False), x)
