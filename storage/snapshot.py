@@ -56,9 +56,10 @@ def write_snapshot(directory: str | os.PathLike, tables: GraphTables) -> list[st
     """Write the tables into ``directory``; returns the file names written."""
     d = Path(directory)
     dtype = id_dtype(tables.num_nodes)
-    pq.write_table(
+    pq.write_table(  # dictionary encoding only costs time on (nearly) unique integer ids
         pa.table({"src": tables.src.astype(dtype, copy=False), "dst": tables.dst.astype(dtype, copy=False)}),
         d / EDGES,
+        use_dictionary=False,
     )
     pq.write_table(
         pa.table(
