@@ -126,6 +126,17 @@ def timer() -> float:
 # -- the child side ------------------------------------------------------------------------------
 
 
+def child_main(sides: dict[str, Any], side: str, params: str, *, pass_sampler: bool = False) -> None:
+    """Child process body: run one side with its memory sampled, then emit its result."""
+    p = json.loads(params)
+    sampler = MemSampler().start()
+    if pass_sampler:
+        p["_sampler"] = sampler
+    result = sides[side](p)
+    result.update(sampler.stop())
+    emit(result)
+
+
 def emit(result: dict[str, Any]) -> None:
     """Print the child's result (with its peak RSS and the load average at the end) for the parent."""
     result.setdefault("peak_rss_mb", peak_rss_mb())

@@ -13,19 +13,10 @@ from __future__ import annotations
 
 
 def fingerprint_file_sha256(path) -> str:
-    """storage.fingerprint.fingerprint_file with SHA-256 (SHA-NI: ~2x BLAKE2b's speed on this CPU)."""
-    import hashlib
-    from pathlib import Path
+    """Merged: storage.fingerprint.fingerprint_file uses SHA-256 now."""
+    from storage.fingerprint import fingerprint_file
 
-    from storage.fingerprint import _CHUNK, DIGEST_CHARS
-
-    h = hashlib.sha256()
-    p = Path(path)
-    h.update(str(p.stat().st_size).encode())
-    with open(p, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()[:DIGEST_CHARS]
+    return fingerprint_file(path)
 
 
 def write_snapshot_no_dictionary(directory, tables) -> list[str]:

@@ -19,7 +19,6 @@ Target (issue): graphpipe <= 1.5x the floor's time.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -137,11 +136,7 @@ SIDES = {"floor": side_floor, "graphpipe": side_graphpipe,
 
 
 def child(side: str, params: str) -> None:
-    p = json.loads(params)
-    sampler = B.MemSampler().start()
-    result = SIDES[side](p)
-    result.update(sampler.stop())
-    B.emit(result)
+    B.child_main(SIDES, side, params)
 
 
 # -- the parent ------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ model) per size, current vs the proposed version that builds each row block when
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -124,12 +123,7 @@ SIDES = {"prepare": side_prepare, "floor": side_floor, "train": side_train, "eva
 
 
 def child(side: str, params: str) -> None:
-    p = json.loads(params)
-    sampler = B.MemSampler().start()
-    p["_sampler"] = sampler
-    result = SIDES[side](p)
-    result.update(sampler.stop())
-    B.emit(result)
+    B.child_main(SIDES, side, params, pass_sampler=True)
 
 
 def main() -> None:

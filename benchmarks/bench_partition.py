@@ -21,7 +21,6 @@ For each ``--k`` (default ``128`` and ``auto`` = ceil(N / 200)). Targets: time <
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import sys
@@ -113,11 +112,7 @@ SIDES = {"prepare": side_prepare, "bare": side_bare, "graphpipe": side_graphpipe
 
 
 def child(side: str, params: str) -> None:
-    p = json.loads(params)
-    sampler = B.MemSampler().start()
-    result = SIDES[side](p)
-    result.update(sampler.stop())
-    B.emit(result)
+    B.child_main(SIDES, side, params)
 
 
 # -- the parent ------------------------------------------------------------------------------------
