@@ -388,7 +388,7 @@ def _sorted_unique(parts: list[Ids]) -> Ids:
     if _small_range(span, total):
         present = np.zeros(span, dtype=bool)
         for p in values:
-            present[p - lo] = True
+            present[p - lo if lo else p] = True  # no temporary when ids start at 0
         return np.flatnonzero(present) + lo
     ordered = np.sort(np.concatenate(values))
     keep = np.empty(len(ordered), dtype=bool)
@@ -406,6 +406,11 @@ def _lookup(keys: Ids, values: Ids) -> np.ndarray:
     if len(keys) == 0 or len(values) == 0:
         return np.full(len(values), -1, dtype=np.int64)
     lo, hi = int(keys.min()), int(keys.max())
+    if lo == 0 and hi == len(keys) - 1 and np.array_equal(keys, np.arange(len(keys), dtype=keys.dtype)):
+        # ids already 0..N-1 in table order (generated graphs, most exports): each id is its position
+        found = values.astype(np.int64, copy=False)
+        outside = (values < 0) | (values > hi)
+        return np.where(outside, -1, found) if outside.any() else found
     if not _small_range(hi - lo + 1, len(keys) + len(values)):
         found = pc.index_in(pa.array(values), value_set=pa.array(keys))
         return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
