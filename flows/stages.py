@@ -214,7 +214,6 @@ def log_run(
         run,
         config,
         snapshot=snapshot,
-        features_path=features.path,
         stats=normalize_mod.load_stats(features),
         node_data=node_data,
         trained_dir=trained.checkpoint_dir,

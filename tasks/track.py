@@ -187,7 +187,7 @@ def _example_inputs(node_data: NodeDataRef, snapshot: SnapshotRef) -> tuple[torc
 
 
 def _log_model(
-    run: RunRef, trained_dir: str, stats: NormalizationStats, node_data: NodeDataRef,
+    trained_dir: str, stats: NormalizationStats, node_data: NodeDataRef,
     snapshot: SnapshotRef, registered: str | None,
 ) -> tuple[str | None, str | None]:
     gnn, _ = load_trained(trained_dir)
@@ -258,7 +258,6 @@ def log_results(
     config: PipelineConfig,
     *,
     snapshot: SnapshotRef,
-    features_path: str,
     stats: NormalizationStats,
     node_data: NodeDataRef,
     trained_dir: str,
@@ -299,7 +298,7 @@ def log_results(
     with mlflow.start_run(run_id=run.run_id):
         _log_input(snapshot)
         if config.track.log_model:
-            _, version = _log_model(run, trained_dir, stats, node_data, snapshot, name)
+            _, version = _log_model(trained_dir, stats, node_data, snapshot, name)
     if name and version:
         promoted, champion_val = _promote(client, name, version, evaluation.metrics["val_acc"])
         log_tags(run, {
