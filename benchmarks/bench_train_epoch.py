@@ -261,7 +261,7 @@ class GraphpipeSide:
         t0 = time.perf_counter()
         logits, _ = self.infer_full_graph(self.model, self.graph, self.device)
         eval_s = time.perf_counter() - t0
-        sm = self.split_metrics(logits, self.y, self.split, self.num_classes)
+        sm = self.split_metrics(logits.argmax(axis=1), self.y, self.split, self.num_classes)
         return {"loader_s": loader_s, "compute_s": compute_s, "eval_s": eval_s, "train_peak_rss_mb": train_rss,
                 "epochs_trained": self.epochs, **{f"{k}_acc": v for k, v in sm.acc.items()}}
 

@@ -11,12 +11,22 @@ A partition directory (``partitions/<fp>/``) holds the graph's structure in clus
 
 A node-data directory (``node_data/<fp>/``) holds the nodes' data in the same order:
 ``x.npy`` (float32, N x d, normalized), ``y.npy`` (int64, -1 = unlabeled), ``split.npy`` (int8).
+
+Memory: the arrays are memory-mapped, so a process reads only the pages it touches; but touched
+pages stay mapped, and the kernel counts them in the process's RSS until it unmaps them. Training
+and evaluation touch every page once per pass, so :meth:`ClusterGraph.release` (``madvise
+(MADV_DONTNEED)``) drops them after each batch or block: the data stays in the page cache (cheap to
+touch again, reclaimable by the kernel), and the process's resident memory stays the size of a
+batch, not of the graph. :func:`scratch_array` gives the same kind of disk-backed buffer for data a
+process writes (layer outputs of full-graph inference).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +41,110 @@ def write_arrays(directory: str | os.PathLike, **arrays: np.ndarray) -> list[str
 
 
 def open_array(directory: str | os.PathLike, name: str, mmap: bool = True) -> np.ndarray:
-    return np.load(Path(directory) / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    if mmap:
+        return map_array(Path(directory) / f"{name}.npy")[0]
+    return np.load(Path(directory) / f"{name}.npy", allow_pickle=False)
+
+
+@dataclass
+class Mapping:
+    """The memory map under an array, and where the array's data starts in it."""
+
+    mm: mmap.mmap
+    offset: int
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        """Unmap this process's resident pages holding data bytes ``[start, stop)`` (rounded out to
+        whole pages; ``MADV_DONTNEED``). The maps are shared file maps, so nothing is lost: the data
+        stays in the page cache, written data included, and the next access faults it back in."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        size = len(self.mm)
+        lo = self.offset + start
+        lo -= lo % mmap.PAGESIZE
+        hi = size if stop is None else min(size, self.offset + stop)
+        if hi > lo:
+            self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def map_array(path: str | os.PathLike) -> tuple[np.ndarray, Mapping | None]:
+    """A ``.npy`` file as a read-only array over a memory map, and the map (``None`` for an empty
+    array, which cannot be mapped)."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+        if dtype.hasobject:
+            raise ValueError(f"{path}: object arrays cannot be memory-mapped")
+        if int(np.prod(shape, dtype=np.int64)) == 0:
+            empty = np.empty(shape, dtype=dtype)
+            empty.flags.writeable = False
+            return empty, None
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    arr = np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset, order="F" if fortran_order else "C")
+    return arr, Mapping(mm, offset)
+
+
+def scratch_array(shape: tuple[int, ...], dtype: np.dtype | type, directory: str | os.PathLike | None
+                  ) -> tuple[np.ndarray, Mapping | None]:
+    """A writable array for intermediate results, and its map: backed by an unlinked temporary file
+    in ``directory`` (it disappears with the last reference, even after a crash), or plain memory
+    when ``directory`` is ``None``. Keep ``directory`` off tmpfs, whose pages are memory."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if directory is None or nbytes == 0:
+        return np.empty(shape, dtype=dtype), None
+    fd, path = tempfile.mkstemp(dir=directory, prefix=".scratch-", suffix=".bin")
+    try:
+        os.unlink(path)
+        os.ftruncate(fd, nbytes)
+        mm = mmap.mmap(fd, nbytes)
+    finally:
+        os.close(fd)
+    return np.ndarray(shape, dtype=dtype, buffer=mm), Mapping(mm, 0)
+
+
+def release_pages(*maps: Mapping | None) -> None:
+    """Release every resident page of ``maps`` (see :meth:`Mapping.release`)."""
+    for m in maps:
+        if m is not None:
+            m.release()
+
+
+GATHER_WINDOW_BYTES = 32 << 20
+
+
+def gather_rows(arr: np.ndarray, idx: np.ndarray, mapping: Mapping | None,
+                window_bytes: int = GATHER_WINDOW_BYTES) -> np.ndarray:
+    """``arr[idx]`` (rows of a C-ordered array) without leaving the whole array resident.
+
+    A random gather through a memory map touches nearly every page (the kernel maps up to 16
+    neighbouring pages per fault), so the rows are gathered in ascending order one window of
+    ``window_bytes`` of the array at a time, and each window's pages are released after use.
+    """
+    if mapping is None or len(idx) == 0:
+        return arr[idx]
+    row_bytes = arr.strides[0]
+    rows_per_window = max(1, window_bytes // row_bytes)
+    order = None
+    if np.any(idx[1:] < idx[:-1]):
+        order = np.argsort(idx, kind="stable")
+        idx = idx[order]
+    out = np.empty((len(idx),) + arr.shape[1:], dtype=arr.dtype)
+    cuts = np.searchsorted(idx, np.arange(int(idx[0]) // rows_per_window * rows_per_window + rows_per_window,
+                                          int(idx[-1]) + rows_per_window, rows_per_window))
+    lo = 0
+    for hi in cuts.tolist():
+        if hi > lo:
+            out[lo:hi] = arr[idx[lo:hi]]
+            mapping.release(int(idx[lo]) * row_bytes, (int(idx[hi - 1]) + 1) * row_bytes)
+        lo = hi
+    if order is not None:
+        unsorted = np.empty_like(out)
+        unsorted[order] = out
+        return unsorted
+    return out
 
 
 @dataclass
@@ -46,6 +159,16 @@ class ClusterGraph:
     x: np.ndarray
     y: np.ndarray
     split: np.ndarray
+    maps: dict[str, Mapping] = field(default_factory=dict, repr=False)
+
+    def release(self) -> None:
+        """Drop the pages of the mapped arrays from this process's resident memory (see the module
+        docstring); safe at any time, since arrays read through the maps fault pages back in."""
+        release_pages(*self.maps.values())
+
+    def gather(self, name: str, idx: np.ndarray) -> np.ndarray:
+        """``getattr(self, name)[idx]`` through :func:`gather_rows`."""
+        return gather_rows(getattr(self, name), idx, self.maps.get(name))
 
     @property
     def num_nodes(self) -> int:
@@ -61,14 +184,11 @@ class ClusterGraph:
 
     @classmethod
     def open(cls, partition_dir: str | os.PathLike, node_data_dir: str | os.PathLike) -> ClusterGraph:
-        small = {name: open_array(partition_dir, name, mmap=False) for name in ("cluster_ptr",)}
-        return cls(
-            cluster_ptr=small["cluster_ptr"],
-            node_cluster=open_array(partition_dir, "node_cluster"),
-            indptr=open_array(partition_dir, "indptr"),
-            indices=open_array(partition_dir, "indices"),
-            perm=open_array(partition_dir, "perm"),
-            x=open_array(node_data_dir, "x"),
-            y=open_array(node_data_dir, "y"),
-            split=open_array(node_data_dir, "split"),
-        )
+        arrays, maps = {}, {}
+        for directory, names in ((partition_dir, ("node_cluster", "indptr", "indices", "perm")),
+                                 (node_data_dir, ("x", "y", "split"))):
+            for name in names:
+                arrays[name], mapping = map_array(Path(directory) / f"{name}.npy")
+                if mapping is not None:
+                    maps[name] = mapping
+        return cls(cluster_ptr=open_array(partition_dir, "cluster_ptr", mmap=False), maps=maps, **arrays)

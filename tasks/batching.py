@@ -87,14 +87,15 @@ def batch_subgraph(graph: ClusterGraph, clusters: np.ndarray) -> tuple[np.ndarra
     starts, stops = graph.cluster_ptr[clusters], graph.cluster_ptr[clusters + 1]
     nodes = ranges_concat(starts, stops)
     deg, cols = _gather_rows(graph, starts, stops)
-    # local id of a global node g in batch cluster c: offset[c] + g - cluster_ptr[c]
-    offset = np.full(graph.num_parts, -1, dtype=np.int64)
+    # the batch is the sorted, disjoint ranges [starts[j], stops[j]); a neighbour g is in the batch
+    # iff the last range starting at or before g also contains it; its local id is then
+    # offset[j] + g - starts[j]
     sizes = stops - starts
-    offset[clusters] = np.cumsum(sizes) - sizes
-    col_cluster = np.asarray(graph.node_cluster[cols]).astype(np.int64, copy=False)
-    local_base = offset[col_cluster]
-    keep = local_base >= 0
-    col = (local_base + cols - graph.cluster_ptr[col_cluster])[keep]
+    offset = np.cumsum(sizes) - sizes
+    j = np.searchsorted(starts, cols, side="right") - 1
+    np.maximum(j, 0, out=j)
+    keep = (cols >= starts[j]) & (cols < stops[j])
+    col = (offset[j] + cols - starts[j])[keep]
     row = np.repeat(np.arange(len(nodes), dtype=np.int64), deg)[keep]
     crow = np.zeros(len(nodes) + 1, dtype=np.int64)
     np.cumsum(np.bincount(row, minlength=len(nodes)), out=crow[1:])
@@ -190,8 +191,7 @@ def row_block(graph: ClusterGraph, start: int, stop: int, kind: Kind) -> RowBloc
     shape = (n, len(sources))
     if kind == "sage":
         return RowBlock(start, stop, sources, sparse_csr(crow, local, np.ones(len(local), np.float32), shape))
-    indptr = graph.indptr
-    deg_src = (np.asarray(indptr[sources + 1]) - np.asarray(indptr[sources])) + 1
+    deg_src = graph.gather("indptr", sources + 1) - graph.gather("indptr", sources) + 1
     crow2, col2 = add_self_loops_csr(crow, local, n)
     values = gcn_values(crow2, col2, deg_src[:n], deg_src)
     return RowBlock(start, stop, sources, sparse_csr(crow2, col2, values, shape))

@@ -2,13 +2,22 @@
 
 As in the Cluster-GCN paper and PyG's example, layer ``l`` is computed for every node before layer
 ``l+1`` starts, each block of consecutive clusters reading its rows' neighbours from the previous
-layer's output wherever they are, so no edge is dropped. Only one layer's output is held in memory.
+layer's output wherever they are, so no edge is dropped.
+
+Memory does not grow with the graph beyond a few numbers per node: each block's adjacency is built
+when the block is computed, an intermediate layer's output (N x hidden) goes to a disk-backed
+scratch buffer when a scratch directory is given, and the graph's and the buffer's pages are
+released after every block (see :mod:`storage.arrays`). The last layer is handed out block by
+block (:func:`iter_full_graph`), so callers keep only what they need (predictions, confidences).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from storage.arrays import ClusterGraph
+from storage.arrays import ClusterGraph, gather_rows, release_pages, scratch_array
 from storage.atomic import publish_dir
 from storage.snapshot import SPLIT_TEST, read_node_ids
 from storage.store import NodeDataRef, SnapshotRef
@@ -31,33 +40,91 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BLOCK_NODES = 20_000
+
+
+@dataclass
+class OutputBlock:
+    """Rows ``[start, stop)`` of the last layer: ``logits`` and ``hidden`` (the last layer's input,
+    the learned node embedding). ``hidden`` may be a view of a scratch buffer: copy what you keep."""
+
+    start: int
+    stop: int
+    logits: np.ndarray
+    hidden: np.ndarray
+
 
 @torch.no_grad()
+def iter_full_graph(
+    model: GNN,
+    graph: ClusterGraph,
+    device: torch.device,
+    block_nodes: int = BLOCK_NODES,
+    scratch_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> Iterator[OutputBlock]:
+    """Exact full-graph inference, layer by layer, yielding the last layer block by block in
+    partition order. ``scratch_dir``: where intermediate layer outputs are kept on disk (``None``:
+    in memory)."""
+    model.eval()
+    kind = model.spec.kind
+    bounds = block_bounds(graph, block_nodes)
+    h, h_map = graph.x, graph.maps.get("x")
+    t0, last_report = time.perf_counter(), time.perf_counter()
+    for i in range(model.num_layers):
+        last = i == model.num_layers - 1
+        out, out_map = None, None
+        for n, (a, b) in enumerate(bounds):
+            block = row_block(graph, a, b, kind)
+            x_src = torch.from_numpy(np.ascontiguousarray(gather_rows(h, block.sources, h_map), dtype=np.float32)).to(device)
+            y = model.layer(i, x_src, block.adj.to(device), b - a).cpu().numpy()
+            if last:
+                yield OutputBlock(a, b, y, h[a:b])
+            else:
+                if out is None:
+                    out, out_map = scratch_array((graph.num_nodes, y.shape[1]), np.float32, scratch_dir)
+                out[a:b] = y
+            graph.release()
+            release_pages(h_map, out_map)
+            if progress and time.perf_counter() - last_report >= 10:
+                last_report = time.perf_counter()
+                log.info("full-graph inference: layer %d/%d, block %d/%d, %.0f s",
+                         i + 1, model.num_layers, n + 1, len(bounds), last_report - t0)
+        h, h_map = out, out_map
+
+
 def infer_full_graph(
     model: GNN,
     graph: ClusterGraph,
     device: torch.device,
-    block_nodes: int = 20_000,
+    block_nodes: int = BLOCK_NODES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(logits, hidden)`` for every node in partition order; ``hidden`` is the input of the
-    last layer (the learned node embedding)."""
-    model.eval()
-    kind = model.spec.kind
-    blocks = [row_block(graph, a, b, kind) for a, b in block_bounds(graph, block_nodes)]
-    h: np.ndarray = graph.x
-    hidden: np.ndarray = graph.x
-    for i in range(model.num_layers):
-        out = None
-        for block in blocks:
-            x_src = torch.from_numpy(np.ascontiguousarray(h[block.sources], dtype=np.float32)).to(device)
-            y = model.layer(i, x_src, block.adj.to(device), block.stop - block.start).cpu().numpy()
-            if out is None:
-                out = np.empty((graph.num_nodes, y.shape[1]), dtype=np.float32)
-            out[block.start : block.stop] = y
-        if i == model.num_layers - 1:
-            return out, hidden
-        hidden = h = out
-    raise AssertionError("unreachable")
+    """``(logits, hidden)`` for every node in partition order, in memory (for small graphs and
+    tests; the pipeline consumes :func:`iter_full_graph` block by block)."""
+    logits: np.ndarray | None = None
+    hidden: np.ndarray | None = None
+    for blk in iter_full_graph(model, graph, device, block_nodes):
+        if logits is None:
+            logits = np.empty((graph.num_nodes, blk.logits.shape[1]), dtype=np.float32)
+            hidden = np.empty((graph.num_nodes, blk.hidden.shape[1]), dtype=np.float32)
+        logits[blk.start : blk.stop] = blk.logits
+        hidden[blk.start : blk.stop] = blk.hidden
+    assert logits is not None and hidden is not None
+    return logits, hidden
+
+
+def predict_full_graph(
+    model: GNN,
+    graph: ClusterGraph,
+    device: torch.device,
+    scratch_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """The predicted class of every node (partition order), by exact full-graph inference."""
+    pred = np.empty(graph.num_nodes, dtype=np.int32)
+    for blk in iter_full_graph(model, graph, device, scratch_dir=scratch_dir, progress=progress):
+        pred[blk.start : blk.stop] = blk.logits.argmax(axis=1)
+    return pred
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -95,9 +162,9 @@ class SplitMetrics:
         return out
 
 
-def split_metrics(logits: np.ndarray, y: np.ndarray, split: np.ndarray, num_classes: int) -> SplitMetrics:
-    """Accuracy and macro-F1 on the train/val/test masks (unlabeled nodes never count)."""
-    pred = logits.argmax(axis=1)
+def split_metrics(pred: np.ndarray, y: np.ndarray, split: np.ndarray, num_classes: int) -> SplitMetrics:
+    """Accuracy and macro-F1 of the predicted classes ``pred`` on the train/val/test masks
+    (unlabeled nodes never count)."""
     acc, f1 = {}, {}
     for name, mask in split_masks(np.asarray(split)).items():
         mask = mask & (y >= 0)
@@ -114,15 +181,13 @@ class EvaluationRef:
     metrics: dict[str, float]
 
 
-def embedding_sample(hidden: np.ndarray, y: np.ndarray, max_nodes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """2-D PCA coordinates of at most ``max_nodes`` random nodes' embeddings, with their labels."""
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(hidden), size=min(max_nodes, len(hidden)), replace=False))
-    h = np.asarray(hidden[idx], dtype=np.float64)
+def embedding_sample(hidden_rows: np.ndarray) -> np.ndarray:
+    """2-D PCA coordinates of the given embedding rows."""
+    h = np.asarray(hidden_rows, dtype=np.float64)
     h -= h.mean(axis=0)
     _, _, vt = np.linalg.svd(h, full_matrices=False)
     coords = h @ vt[:2].T if vt.shape[0] >= 2 else np.column_stack([h[:, 0], np.zeros(len(h))])
-    return coords.astype(np.float32), np.asarray(y[idx])
+    return coords.astype(np.float32)
 
 
 def evaluate_model(
@@ -132,31 +197,44 @@ def evaluate_model(
     config: PipelineConfig,
 ) -> EvaluationRef:
     """Score every node with the best-validation model; write metrics, predictions (in the user's
-    node ids), the test confusion matrix and an embedding sample to ``<checkpoint>/evaluation``."""
+    node ids), the test confusion matrix and a 2-D embedding of a node sample to
+    ``<checkpoint>/evaluation``."""
     graph = ClusterGraph.open(node_data.partition.path, node_data.path)
     model, saved = load_trained(train_result.checkpoint_dir)
     device = resolve_device(config.train.device)
-    logits, hidden = infer_full_graph(model.to(device), graph, device)
-    y, split = np.asarray(graph.y), np.asarray(graph.split)
+    n = graph.num_nodes
+    rng = np.random.default_rng(config.train.seed)
+    sample = np.sort(rng.choice(n, size=min(config.track.embedding_plot_nodes, n), replace=False))
+    pred = np.empty(n, dtype=np.int32)
+    confidence = np.empty(n, dtype=np.float32)
+    sample_hidden: list[np.ndarray] = []
+    blocks = iter_full_graph(model.to(device), graph, device, scratch_dir=train_result.checkpoint_dir,
+                             progress=config.progress)
+    for blk in blocks:
+        a, b = blk.start, blk.stop
+        probs = torch.softmax(torch.from_numpy(blk.logits), dim=1)
+        confidence[a:b], pred[a:b] = (t.numpy() for t in probs.max(dim=1))
+        sample_hidden.append(np.array(blk.hidden[sample[(sample >= a) & (sample < b)] - a], dtype=np.float32))
+    y, split = np.array(graph.y), np.array(graph.split)
     num_classes = train_result.num_classes
-    metrics = split_metrics(logits, y, split, num_classes).flat()
+    metrics = split_metrics(pred, y, split, num_classes).flat()
     metrics["best_epoch"] = float(saved["best_epoch"])
-    pred = logits.argmax(axis=1)
     test = (split == SPLIT_TEST) & (y >= 0)
     cm = confusion_matrix(y[test], pred[test], num_classes)
-    coords, coord_labels = embedding_sample(hidden, y, config.track.embedding_plot_nodes, config.train.seed)
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).max(dim=1).values.numpy()
+    coords = embedding_sample(np.concatenate(sample_hidden))
     # partition order -> snapshot order -> the user's ids
-    order = np.empty_like(np.asarray(graph.perm))
-    order[np.asarray(graph.perm)] = np.arange(graph.num_nodes)
+    perm = np.array(graph.perm)
+    order = np.empty_like(perm)
+    order[perm] = np.arange(n)
+    graph.release()
     out = Path(train_result.checkpoint_dir) / "evaluation"
     with publish_dir(out, replace=True) as tmp:
         pq.write_table(
             pa.table(
                 {
                     "node_id": read_node_ids(snapshot.path),
-                    "prediction": pa.array(pred[order].astype(np.int32)),
-                    "confidence": pa.array(probs[order].astype(np.float32)),
+                    "prediction": pa.array(pred[order]),
+                    "confidence": pa.array(confidence[order]),
                     "label": pa.array(y[order].astype(np.int32)),
                     "split": pa.array(split[order].astype(np.int8)),
                 }
@@ -164,7 +242,7 @@ def evaluate_model(
             tmp / "predictions.parquet",
         )
         np.save(tmp / "confusion_test.npy", cm)
-        np.savez(tmp / "embeddings_2d.npz", coords=coords, labels=coord_labels)
+        np.savez(tmp / "embeddings_2d.npz", coords=coords, labels=y[sample])
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     log.info("evaluate: %s", {k: round(v, 4) for k, v in metrics.items()})
     return EvaluationRef(path=str(out), metrics=metrics)

@@ -36,7 +36,7 @@ from storage.store import NodeDataRef, Store
 from tasks.batching import Batch, Kind, build_batch, epoch_batches
 from tasks.config import PipelineConfig, TrainConfig
 from tasks.errors import InputError
-from tasks.evaluate import infer_full_graph, split_metrics
+from tasks.evaluate import predict_full_graph, split_metrics
 from tasks.model import GNN, MODEL_FILE, ModelSpec, load_checkpoint, resolve_device
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,16 @@ class Prefetcher:
         self.graph, self.batches, self.kind, self.depth = graph, batches, kind, depth
         self.wait_seconds = 0.0
 
+    def _build(self, clusters: np.ndarray) -> Batch:
+        batch = build_batch(self.graph, clusters, self.kind)
+        self.graph.release()  # the batch is a copy: the graph's pages need not stay resident
+        return batch
+
     def __iter__(self) -> Iterator[Batch]:
         if self.depth == 0:
             for clusters in self.batches:
                 t0 = time.perf_counter()
-                batch = build_batch(self.graph, clusters, self.kind)
+                batch = self._build(clusters)
                 self.wait_seconds += time.perf_counter() - t0
                 yield batch
             return
@@ -108,7 +113,7 @@ class Prefetcher:
             pending: deque[Future[Batch]] = deque()
             todo = iter(self.batches)
             for clusters in todo:
-                pending.append(pool.submit(build_batch, self.graph, clusters, self.kind))
+                pending.append(pool.submit(self._build, clusters))
                 if len(pending) >= self.depth:
                     break
             while pending:
@@ -117,7 +122,7 @@ class Prefetcher:
                 self.wait_seconds += time.perf_counter() - t0
                 nxt = next(todo, None)
                 if nxt is not None:
-                    pending.append(pool.submit(build_batch, self.graph, nxt, self.kind))
+                    pending.append(pool.submit(self._build, nxt))
                 yield batch
 
 
@@ -230,8 +235,8 @@ def train_cluster_gcn(
         train_total += metrics["epoch_seconds"]
         if epoch % tc.eval_every == 0 or epoch == tc.epochs:
             t1 = time.perf_counter()
-            logits, _ = infer_full_graph(model, graph, device)
-            sm = split_metrics(logits, np.asarray(graph.y), split, num_classes)
+            pred = predict_full_graph(model, graph, device, scratch_dir=ckpt_dir, progress=progress)
+            sm = split_metrics(pred, np.asarray(graph.y), split, num_classes)
             metrics.update(train_acc=sm.acc["train"], val_acc=sm.acc["val"], eval_seconds=time.perf_counter() - t1)
             val = sm.acc["val"] if not np.isnan(sm.acc["val"]) else sm.acc["train"]
             if val > state["best_val"]:

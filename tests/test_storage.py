@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from storage.atomic import publish_dir, write_json
@@ -65,3 +67,67 @@ def test_manifest_marks_completeness_and_current_pointer(tmp_path):
     assert [h["fingerprint"] for h in store.history("g")] == ["fp1"]
     write_json(d / "manifest.json", {**json.loads((d / "manifest.json").read_text()), "format_version": 0})
     assert store.current_snapshot("g") is None  # an old format is not trusted
+
+
+def _rss_file_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def test_mapped_arrays_read_like_np_load(tmp_path):
+    from storage.arrays import map_array, write_arrays
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((100, 7)).astype(np.float32)
+    write_arrays(tmp_path, a=a, empty=np.zeros((0, 3), np.int64), f=np.asfortranarray(a))
+    for name, expected in (("a", a), ("empty", np.zeros((0, 3), np.int64)), ("f", a)):
+        arr, _ = map_array(tmp_path / f"{name}.npy")
+        assert arr.dtype == expected.dtype and arr.shape == expected.shape
+        np.testing.assert_array_equal(arr, expected)
+        assert not arr.flags.writeable
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_release_drops_mapped_pages_but_keeps_the_data(tmp_path):
+    from storage.arrays import map_array, release_pages, scratch_array, write_arrays
+
+    n = 8_000_000  # 32 MB of float32
+    write_arrays(tmp_path, big=np.arange(n, dtype=np.float32))
+    arr, mapping = map_array(tmp_path / "big.npy")
+    before = _rss_file_kb()
+    assert float(arr.sum(dtype=np.float64)) == float(n) * (n - 1) / 2  # touches every page
+    touched = _rss_file_kb()
+    assert touched - before > 24_000
+    release_pages(mapping)
+    assert _rss_file_kb() < touched - 24_000
+    assert arr[n - 1] == n - 1  # faults back in
+
+    out, out_map = scratch_array((n,), np.float32, tmp_path)
+    out[:] = 7.0
+    release_pages(out_map)  # written pages of a shared file map survive MADV_DONTNEED
+    assert float(out.min()) == 7.0 and float(out.max()) == 7.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy"]  # the scratch file is unlinked
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_gather_rows_equals_fancy_indexing_and_keeps_little_resident(tmp_path):
+    from storage.arrays import gather_rows, map_array, release_pages, write_arrays
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200_000, 32)).astype(np.float32)  # 25.6 MB, 128 bytes a row
+    write_arrays(tmp_path, x=x)
+    arr, mapping = map_array(tmp_path / "x.npy")
+    idx = rng.integers(0, len(x), 30_000)  # unsorted, with repeats: touches every page
+    release_pages(mapping)
+    before = _rss_file_kb()
+    got = gather_rows(arr, idx, mapping, window_bytes=1 << 20)
+    after = _rss_file_kb()
+    np.testing.assert_array_equal(got, x[idx])
+    assert after - before < 4_000  # ~1 MB window, not the 25 MB a fancy index through the map leaves
+    _ = arr[idx]
+    assert _rss_file_kb() - before > 20_000  # (what the plain gather leaves resident)
+    for sub in (idx[:1], np.sort(idx), np.array([len(x) - 1, 0])):
+        np.testing.assert_array_equal(gather_rows(arr, sub, mapping, window_bytes=4096), x[sub])
+    np.testing.assert_array_equal(gather_rows(x, idx, None), x[idx])
