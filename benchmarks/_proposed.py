@@ -60,38 +60,3 @@ class ProposedGNN(GNN):
                 F.dropout(x, p=self.spec.dropout, training=self.training)
             x = self.layer(i, x, adj)
         return x
-
-
-@torch.no_grad()
-def infer_full_graph_lazy(model, graph, device, block_nodes: int = 20_000, hidden_dtype=None):
-    """tasks.evaluate.infer_full_graph without the list of every block's adjacency.
-
-    The current code builds ``row_block`` for all blocks up front and keeps them for both layers:
-    a second copy of the whole normalized adjacency (int64 columns + float32 values + halo ids,
-    ~14 bytes per entry). Here each block is built when used (once per layer). ``hidden_dtype``
-    (e.g. ``np.float16``) optionally stores the intermediate layer output in a smaller type.
-    """
-    import numpy as np
-
-    from tasks.batching import block_bounds, row_block
-
-    model.eval()
-    kind = model.spec.kind
-    bounds = block_bounds(graph, block_nodes)
-    h = graph.x
-    hidden = graph.x
-    for i in range(model.num_layers):
-        last = i == model.num_layers - 1
-        out = None
-        for a, b in bounds:
-            block = row_block(graph, a, b, kind)
-            x_src = torch.from_numpy(np.ascontiguousarray(h[block.sources], dtype=np.float32)).to(device)
-            y = model.layer(i, x_src, block.adj.to(device), block.stop - block.start).cpu().numpy()
-            if out is None:
-                dtype = np.float32 if last or hidden_dtype is None else hidden_dtype
-                out = np.empty((graph.num_nodes, y.shape[1]), dtype=dtype)
-            out[block.start : block.stop] = y
-        if last:
-            return out, hidden
-        hidden = h = out
-    raise AssertionError("unreachable")

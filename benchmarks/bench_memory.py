@@ -18,9 +18,10 @@ Reported per size: ``ru_maxrss`` (anonymous + file-backed pages), and the sample
 ``RssAnon`` (heap) and ``RssFile`` (memory-mapped ``.npy`` pages, which the kernel can drop).
 Target (issue): the largest graph's peak <= 1.5x the smallest graph's peak.
 
-``--eval-only`` instead runs only the full-graph evaluation (``infer_full_graph`` of an untrained
-model) per size, current vs the proposed version that builds each row block when used
-(``benchmarks/_proposed.py``), to show where the evaluation's memory goes.
+``--eval-only`` instead runs only the full-graph evaluation of an untrained model per size, two
+ways: ``predict_full_graph`` with a disk scratch directory (what training and the evaluate stage
+run) and ``infer_full_graph`` (every layer's output in memory, for small graphs and tests), to show
+what keeping intermediate layers on disk saves.
 
     .venv/bin/python benchmarks/bench_memory.py [--smoke] [--record] [--sizes 1000000,4000000] [--eval-only]
 """
@@ -96,12 +97,12 @@ def side_train(p: dict) -> dict:
 
 
 def side_eval(p: dict) -> dict:
-    """Only the full-graph evaluation (``infer_full_graph``, or the proposed lazy-block version) of an
-    untrained model: its memory does not depend on the weights."""
+    """Only the full-graph evaluation of an untrained model (its memory does not depend on the
+    weights): ``predict_full_graph`` with disk scratch, or ``infer_full_graph`` in memory."""
     import torch
 
     from storage.arrays import ClusterGraph
-    from tasks.evaluate import infer_full_graph
+    from tasks.evaluate import infer_full_graph, predict_full_graph
     from tasks.model import GNN, ModelSpec
 
     nd = p["refs"]["node_data"]
@@ -110,10 +111,12 @@ def side_eval(p: dict) -> dict:
     model = GNN(ModelSpec("gcn", graph.num_features, 128, 10, 2, 0.5))
     before = B.peak_rss_mb()
     t0 = time.perf_counter()
-    if p["variant"] == "lazy":
-        from _proposed import infer_full_graph_lazy
-
-        infer_full_graph_lazy(model, graph, torch.device("cpu"))
+    if p["variant"] == "disk":
+        scratch = tempfile.mkdtemp(dir=p["scratch"])
+        try:
+            predict_full_graph(model, graph, torch.device("cpu"), scratch_dir=scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     else:
         infer_full_graph(model, graph, torch.device("cpu"))
     return {"seconds": time.perf_counter() - t0, "rss_before_mb": before}
@@ -135,7 +138,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (0 = torch's default; --smoke: 1)")
     ap.add_argument("--eval-only", action="store_true",
-                    help="instead of training: only infer_full_graph, current vs the proposed lazy-block version")
+                    help="instead of training: only the full-graph evaluation, disk scratch vs in memory")
     args = ap.parse_args()
     if args.side:
         return child(args.side, args.params)
@@ -156,7 +159,7 @@ def main() -> None:
         B.say(f"  {n:,} nodes: prepared ({parts} parts) in {time.perf_counter() - t0:.0f} s")
         params = {"refs": prep["refs"], "scratch": str(scratch), "epochs": args.epochs, "q": q, "threads": threads}
         if args.eval_only:
-            for variant in ("current", "lazy"):
+            for variant in ("disk", "memory"):
                 r = B.run_side(__file__, "eval", {**params, "variant": variant})
                 B.say(f"  {n:,} nodes: infer_full_graph {variant}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:,.0f} MB "
                       f"(anon {r['peak_anon_mb']:,.0f}, file {r['peak_file_mb']:,.0f}); load {r['load_start']}")
@@ -175,12 +178,12 @@ def main() -> None:
                   "ratio vs smallest graph, same variant"]
         base = {v: r["peak_rss_mb"] for n, _, v, r in out if n == sizes[0]}
         rows = [[B.today(), B.machine(), f"`{B.command_line()}`", f"{n:,}",
-                 "current" if v == "current" else "proposed: blocks built per layer (benchmarks/_proposed.py)",
+                 "predict_full_graph, disk scratch" if v == "disk" else "infer_full_graph, in memory",
                  f"{r['seconds']:.1f}", f"{B.fmt_mb(r['peak_rss_mb'])} ({r['peak_anon_mb']:,.0f} / {r['peak_file_mb']:,.0f})",
                  f"{r['peak_rss_mb'] / base[v]:.2f}x"] for n, _, v, r in out]
         B.say(B.table(header, rows))
         if args.record:
-            B.record("memory_eval", "bench_memory --eval-only: full-graph evaluation, current vs lazy blocks", header, rows)
+            B.record("memory_eval", "bench_memory --eval-only: full-graph evaluation, disk scratch vs in memory", header, rows)
         return
     base = out[0][3]
     header = ["date", "machine (load 1/5/15)", "command", "nodes", "parts (cluster size)", "peak RSS train only (anon / file)",
