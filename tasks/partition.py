@@ -7,7 +7,9 @@ the symmetric adjacency in the new ids as CSR, in the format of :mod:`storage.ar
 
 Memory: the graph is held once as an int64 CSR (the type METIS uses, so pymetis does not copy it);
 the edge list is freed before METIS runs, and the permuted CSR is built a slice of rows at a time.
-pymetis holds the GIL for the whole METIS call, so progress is logged before and after it.
+METIS runs in a child process (:mod:`tasks.metis_process`; pymetis holds the GIL for the whole
+call), which reads the CSR from files while this process holds none of it, logs the elapsed time
+while it waits, and kills the child if the stage is interrupted or cancelled.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -199,32 +205,44 @@ def resolve_num_parts(num_nodes: int, config: PartitionConfig, *, where: str = "
     return k
 
 
-def _run_metis(
-    indptr: np.ndarray, indices: np.ndarray, num_parts: int, seed: int, level: int
-) -> tuple[np.ndarray, int]:
-    """METIS k-way assignment (int32 per node) and METIS' own edge cut; no METIS for one part."""
-    n = len(indptr) - 1
-    if num_parts == 1:
-        return np.zeros(n, dtype=np.int32), 0
-    log.log(
-        level,
-        "METIS running: %d parts, %d nodes, %d adjacency entries (pymetis holds the GIL: "
-        "no progress until it returns)",
-        num_parts, n, len(indices),
-    )
+METIS_HEARTBEAT_SECONDS = 30.0
+
+
+def _run_metis(workdir: Path, num_nodes: int, nnz: int, num_parts: int, seed: int, level: int) -> tuple[np.ndarray, int]:
+    """METIS k-way assignment (int32 per node) and METIS' own edge cut, computed by
+    :mod:`tasks.metis_process` from ``workdir/indptr.npy`` and ``workdir/indices.npy``."""
+    log.log(level, "METIS running: %d parts, %d nodes, %d adjacency entries", num_parts, num_nodes, nnz)
     start = time.perf_counter()
-    edge_cut, parts = pymetis.part_graph(
-        num_parts,
-        adjacency=pymetis.CSRAdjacency(indptr, indices),
-        recursive=False,
-        options=pymetis.Options(seed=seed),
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.metis_process", str(workdir), str(num_parts), str(seed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=package_root,
     )
+    try:
+        while True:
+            try:
+                _, stderr = proc.communicate(timeout=METIS_HEARTBEAT_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                log.log(level, "METIS running: %.0f s elapsed (%d parts, %d nodes)", time.perf_counter() - start,
+                        num_parts, num_nodes)
+    finally:
+        if proc.poll() is None:  # interrupted or cancelled: do not leave METIS running
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        tail = stderr.decode(errors="replace").strip()[-2000:]
+        why = f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        raise RuntimeError(f"METIS failed ({why}) on {num_nodes} nodes, {num_parts} parts: {tail or 'no message'}")
+    if not (workdir / "result.json").exists():
+        raise RuntimeError(f"METIS ended without a result on {num_nodes} nodes, {num_parts} parts")
+    assignment = np.load(workdir / "assignment.npy")
+    edge_cut = int(json.loads((workdir / "result.json").read_text())["edge_cut"])
     log.log(level, "METIS done in %.1f s: edge cut %d", time.perf_counter() - start, edge_cut)
-    assignment = np.asarray(parts).astype(np.int32)
-    del parts
-    if len(assignment) != n or (n and (assignment.min() < 0 or assignment.max() >= num_parts)):
-        raise RuntimeError(f"METIS returned an invalid assignment for {n} nodes and {num_parts} parts")
-    return assignment, int(edge_cut)
+    if len(assignment) != num_nodes or (num_nodes and (assignment.min() < 0 or assignment.max() >= num_parts)):
+        raise RuntimeError(f"METIS returned an invalid assignment for {num_nodes} nodes and {num_parts} parts")
+    return assignment, edge_cut
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -370,9 +388,23 @@ def _build_partition(
     Each array is written as soon as it is final and freed when no longer needed.
     """
     indptr, indices = _read_csr(snapshot, num_nodes, seconds)
-    log.log(level, "CSR built: %d nodes, %d entries in %.1f s", num_nodes, len(indices), seconds["build_csr"])
-    with _timed(seconds, "metis"):
-        assignment, metis_cut = _run_metis(indptr, indices, num_parts, seed, level)
+    nnz = len(indices)
+    log.log(level, "CSR built: %d nodes, %d entries in %.1f s", num_nodes, nnz, seconds["build_csr"])
+    if num_parts == 1:
+        assignment, metis_cut = np.zeros(num_nodes, dtype=np.int32), 0
+    else:
+        metis_dir = tmp / ".metis"
+        metis_dir.mkdir()
+        try:
+            with _timed(seconds, "write"):
+                write_arrays(metis_dir, indptr=indptr, indices=indices)
+                del indptr, indices  # METIS' process reads them; this one holds none of it meanwhile
+            with _timed(seconds, "metis"):
+                assignment, metis_cut = _run_metis(metis_dir, num_nodes, nnz, num_parts, seed, level)
+            with _timed(seconds, "read_edges"):
+                indptr, indices = (np.load(metis_dir / f"{n}.npy") for n in ("indptr", "indices"))
+        finally:
+            shutil.rmtree(metis_dir, ignore_errors=True)
     with _timed(seconds, "permute"):
         perm, cluster_ptr, node_cluster = _cluster_order(assignment, num_parts)
     with _timed(seconds, "write"):
@@ -385,7 +417,6 @@ def _build_partition(
     log.log(level, "permuted CSR built in %.1f s", seconds["permute"])
     with _timed(seconds, "write"):
         files += write_arrays(tmp, indptr=new_indptr, indices=new_indices)
-    nnz = len(new_indices)
     del new_indptr, new_indices
     with _timed(seconds, "stats"):
         summary = _summary(cluster_ptr, nnz, cut, metis_cut)

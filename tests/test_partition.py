@@ -259,7 +259,7 @@ def test_one_part_skips_metis(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("METIS must not run for one part")
 
-    monkeypatch.setattr(partition_mod.pymetis, "part_graph", boom)
+    monkeypatch.setattr(partition_mod, "_run_metis", boom)
     config = make_config(tmp_path, num_parts=1)
     ref = partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config)
     assert open_array(ref.path, "assignment").tolist() == [0] * 6
@@ -307,6 +307,58 @@ def test_progress_logs_before_and_after_metis(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="tasks.partition"):
         partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config, progress=True)
     assert "METIS running" in caplog.text and "METIS done in" in caplog.text
+
+
+def test_metis_runs_in_a_child_process_that_reports_elapsed_time(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(partition_mod, "METIS_HEARTBEAT_SECONDS", 0.05)  # the child takes longer to start
+    config = make_config(tmp_path, num_parts=2)
+    with caplog.at_level(logging.INFO, logger="tasks.partition"):
+        ref = partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config, progress=True)
+    assert "s elapsed (2 parts, 6 nodes)" in caplog.text
+    published = sorted(p.name for p in Path(ref.path).iterdir())
+    assert ".metis" not in published  # the CSR handed to METIS is not published
+    assert sorted(read_manifest(ref.path)["files"]) == sorted(set(published) - {"manifest.json"})
+
+
+def _fake_python(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "fake-python"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_failing_metis_process_is_a_clear_error_and_publishes_nothing(tmp_path, monkeypatch):
+    config = make_config(tmp_path, num_parts=2)
+    snap = make_snapshot(config, *TWO_TRIANGLES, 6)
+    monkeypatch.setattr(partition_mod.sys, "executable", _fake_python(tmp_path, "echo 'METIS: out of memory' >&2; exit 3"))
+    with pytest.raises(RuntimeError, match=r"METIS failed \(exit status 3\) on 6 nodes, 2 parts: METIS: out of memory"):
+        partition_graph(snap, config)
+    assert _no_partition_published(config)
+
+
+def test_an_interrupted_partition_stage_kills_metis(tmp_path, monkeypatch, caplog):
+    config = make_config(tmp_path, num_parts=2)
+    snap = make_snapshot(config, *TWO_TRIANGLES, 6)
+    pid_file = tmp_path / "metis.pid"
+    monkeypatch.setattr(partition_mod.sys, "executable", _fake_python(tmp_path, f"echo $$ > {pid_file}; exec sleep 20"))
+    monkeypatch.setattr(partition_mod, "METIS_HEARTBEAT_SECONDS", 0.2)
+
+    class Interrupt(logging.Handler):
+        def emit(self, record):
+            if "elapsed" in record.getMessage():
+                raise KeyboardInterrupt  # what a cancelled run raises in the stage's thread
+
+    handler = Interrupt()
+    partition_mod.log.addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="tasks.partition"), pytest.raises(KeyboardInterrupt):
+            partition_graph(snap, config, progress=True)
+    finally:
+        partition_mod.log.removeHandler(handler)
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
+    assert _no_partition_published(config)
 
 
 def _no_partition_published(config: PipelineConfig) -> bool:
