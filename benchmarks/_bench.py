@@ -146,36 +146,63 @@ def emit(result: dict[str, Any]) -> None:
 
 
 class ChildSampler:
-    """Peak ``RssAnon``/``RssFile`` of another process, read from ``/proc/PID/status`` by the parent.
+    """Peak ``RssAnon``/``RssFile`` of another process, read from ``/proc/PID/status`` by the parent,
+    and the peak of its whole process tree's ``VmRSS`` summed (the process and its descendants at the
+    same instant: graphpipe runs METIS in a child process).
 
     Unlike a thread inside the child, it keeps sampling while the child holds the GIL (pymetis does
     for the whole METIS call). Can miss a spike shorter than ``interval``.
     """
 
     def __init__(self, pid: int, interval: float = 0.02):
-        self.path = f"/proc/{pid}/status"
+        self.pid = pid
         self.interval = interval
         self.peak = {"RssAnon": 0, "RssFile": 0}
+        self.peak_tree_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def _status(pid: int) -> dict[str, int]:
+        out = {}
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    key = line.split(":", 1)[0]
+                    if key in ("RssAnon", "RssFile", "VmRSS"):
+                        out[key] = int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return out
+
+    @staticmethod
+    def _descendants(pid: int) -> list[int]:
+        out, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            try:
+                kids = [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+            except (OSError, ValueError):
+                kids = []
+            out += kids
+            todo += kids
+        return out
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                with open(self.path) as f:
-                    for line in f:
-                        key = line.split(":", 1)[0]
-                        if key in self.peak:
-                            self.peak[key] = max(self.peak[key], int(line.split()[1]))
-            except (OSError, ValueError, IndexError):
-                pass
+            own = self._status(self.pid)
+            for key in self.peak:
+                self.peak[key] = max(self.peak[key], own.get(key, 0))
+            tree = own.get("VmRSS", 0) + sum(self._status(c).get("VmRSS", 0) for c in self._descendants(self.pid))
+            self.peak_tree_kb = max(self.peak_tree_kb, tree)
             self._stop.wait(self.interval)
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
         self._thread.join()
-        return {"peak_anon_mb": self.peak["RssAnon"] / 1024.0, "peak_file_mb": self.peak["RssFile"] / 1024.0}
+        return {"peak_anon_mb": self.peak["RssAnon"] / 1024.0, "peak_file_mb": self.peak["RssFile"] / 1024.0,
+                "peak_tree_mb": self.peak_tree_kb / 1024.0}
 
 
 def run_side(script: str | Path, side: str, params: dict[str, Any], *, timeout: float | None = None,
