@@ -147,16 +147,26 @@ def _warm_start(model: GNN, spec: ModelSpec, path: str) -> bool:
     return True
 
 
+PROGRESS_SECONDS = 10.0
+
+
 def train_epoch(
     model: GNN,
     optimizer: torch.optim.Optimizer,
     batches: Prefetcher,
     device: torch.device,
+    progress: str | None = None,
 ) -> dict[str, float]:
-    """One pass over the batches; loss and accuracy are averaged over training nodes, not batches."""
+    """One pass over the batches; loss and accuracy are averaged over training nodes, not batches.
+    ``progress``: a label (``"epoch 3/100"``) to log the batches done every ``PROGRESS_SECONDS``."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    for batch in batches:
+    t0 = last = time.perf_counter()
+    for i, batch in enumerate(batches):
+        if progress and time.perf_counter() - last >= PROGRESS_SECONDS:
+            last = time.perf_counter()
+            log.info("%s: batch %d/%d, %.0f s, loss %.4f", progress, i, len(batches.batches), last - t0,
+                     loss_sum / max(seen, 1))
         mask = batch.train_mask
         n = int(mask.sum())
         if n == 0:
@@ -228,7 +238,7 @@ def train_cluster_gcn(
         t0 = time.perf_counter()
         rng = np.random.default_rng([tc.seed, epoch])
         batches = Prefetcher(graph, epoch_batches(graph.num_parts, q, rng), spec.kind, tc.prefetch)
-        metrics = train_epoch(model, optimizer, batches, device)
+        metrics = train_epoch(model, optimizer, batches, device, f"epoch {epoch}/{tc.epochs}" if progress else None)
         metrics["epoch_seconds"] = time.perf_counter() - t0
         metrics["batch_wait_seconds"] = batches.wait_seconds
         wait_total += batches.wait_seconds

@@ -99,6 +99,25 @@ def test_epoch_loss_is_averaged_over_training_nodes(prepared):
     assert metrics["loss"] == pytest.approx(np.log(4), rel=1e-6)
 
 
+def test_epoch_progress_reports_batches(prepared, monkeypatch, caplog):
+    import logging
+
+    import tasks.train as train_mod
+    from tasks.model import GNN, ModelSpec
+
+    cfg, nd = prepared
+    graph = load_cluster_graph(nd)
+    model = GNN(ModelSpec("gcn", graph.num_features, 8, 4, 2, 0.0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    batches = [np.array([0]), np.array([1, 2, 3]), np.arange(4, 12)]
+    monkeypatch.setattr(train_mod, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="tasks.train"):
+        train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"))
+        assert "batch" not in caplog.text  # off unless asked
+        train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"), "epoch 2/5")
+    assert "epoch 2/5: batch 1/3" in caplog.text and "epoch 2/5: batch 2/3" in caplog.text
+
+
 def test_clusters_per_batch_validation(prepared):
     cfg, nd = prepared
     graph = load_cluster_graph(nd)
