@@ -183,15 +183,26 @@ def row_block(graph: ClusterGraph, start: int, stop: int, kind: Kind) -> RowBloc
     halo, halo_inverse = np.unique(cols[outside], return_inverse=True)
     local = cols - start
     local[outside] = n + halo_inverse
-    # sort columns within rows (inside ids < n <= halo ids changes the order)
+    # Keep columns sorted within rows. A row's global ids are sorted: [halo < start] [inside]
+    # [halo >= stop]; in local ids the inside ones (< n) come first and the halo ranks keep their
+    # global order, so each row's inside entries move in front of its outside entries, both in
+    # their order: each entry's new position follows from counts, no sort needed.
     row = np.repeat(np.arange(n, dtype=np.int64), np.diff(crow))
-    order = np.lexsort((local, row))
-    local = local[order]
+    inside_before = np.zeros(len(cols) + 1, dtype=np.int64)
+    np.cumsum(~outside, out=inside_before[1:])  # inside entries before each position
+    k = np.arange(len(cols), dtype=np.int64)
+    row_start = crow[row]
+    in_rank = inside_before[k] - inside_before[row_start]  # inside entries before k in its row
+    inside_in_row = inside_before[crow[1:]] - inside_before[crow[:-1]]
+    pos = np.where(outside, row_start + inside_in_row[row] + (k - row_start - in_rank), row_start + in_rank)
+    sorted_local = np.empty_like(local)
+    sorted_local[pos] = local
+    local = sorted_local
     sources = np.concatenate([np.arange(start, stop, dtype=np.int64), halo])
     shape = (n, len(sources))
     if kind == "sage":
         return RowBlock(start, stop, sources, sparse_csr(crow, local, np.ones(len(local), np.float32), shape))
-    deg_src = graph.gather("indptr", sources + 1) - graph.gather("indptr", sources) + 1
+    deg_src = np.concatenate([np.diff(ptr), graph.gather("indptr", halo + 1) - graph.gather("indptr", halo)]) + 1
     crow2, col2 = add_self_loops_csr(crow, local, n)
     values = gcn_values(crow2, col2, deg_src[:n], deg_src)
     return RowBlock(start, stop, sources, sparse_csr(crow2, col2, values, shape))

@@ -76,7 +76,9 @@ def iter_full_graph(
         out, out_map = None, None
         for n, (a, b) in enumerate(bounds):
             block = row_block(graph, a, b, kind)
-            x_src = torch.from_numpy(np.ascontiguousarray(gather_rows(h, block.sources, h_map), dtype=np.float32)).to(device)
+            # the block's own rows are one slice; its halo (sorted) is gathered window by window
+            x_src = np.concatenate([h[a:b], gather_rows(h, block.sources[b - a :], h_map)])
+            x_src = torch.from_numpy(np.ascontiguousarray(x_src, dtype=np.float32)).to(device)
             y = model.layer(i, x_src, block.adj.to(device), b - a).cpu().numpy()
             if last:
                 yield OutputBlock(a, b, y, h[a:b])
