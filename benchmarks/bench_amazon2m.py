@@ -45,6 +45,11 @@ STAGES = ("generate", "ingest", "normalize", "partition", "layout", "assembly", 
 def _config(p: dict[str, Any]):
     from tasks.config import PipelineConfig
 
+    if p.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(p["threads"]))
+
     return PipelineConfig.model_validate(p["config"])
 
 
@@ -217,6 +222,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--keep", action="store_true", help="keep the store (default: deleted after the run)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for training and inference (default 1: steadier on a shared 2-core machine; 0 = torch's default)")
     args = ap.parse_args()
     if args.side:
         B.child_main(SIDES, args.side, args.params)
@@ -232,7 +239,7 @@ def main() -> None:
     root.mkdir(parents=True)
     B.say(f"bench_amazon2m: {graph['nodes']:,} nodes, avg degree {graph['avg_degree']}, {graph['classes']} classes, "
           f"{graph['features']} features; {args.layers} layers x {args.hidden}, {epochs} epochs, full-graph validation "
-          f"every {eval_every}; machine {B.machine()}")
+          f"every {eval_every}, torch threads {args.threads or 'default'}; machine {B.machine()}")
     results: dict[str, dict[str, Any]] = {}
 
     def run(stage: str, **params: Any) -> dict[str, Any]:
@@ -253,13 +260,14 @@ def main() -> None:
         "progress": True,
     }
     refs: dict[str, Any] = {}
+    threads = args.threads or None
     refs["snapshot"] = run("ingest", config=config, refs=refs)["ref"]
     refs["features"] = run("normalize", config=config, refs=refs)["ref"]
     refs["partition"] = run("partition", config=config, refs=refs)["ref"]
     refs["node_data"] = run("layout", config=config, refs=refs)["ref"]
     run("assembly", config=config, refs=refs)
-    trained = run("train", config=config, refs=refs)["result"]
-    evaluation = run("evaluate", config=config, refs=refs, trained=trained)["ref"]
+    trained = run("train", config=config, refs=refs, threads=threads)["result"]
+    evaluation = run("evaluate", config=config, refs=refs, trained=trained, threads=threads)["ref"]
     run("track", config=config, refs=refs, trained=trained, evaluation=evaluation)
     total = time.perf_counter() - t_all
     if not args.keep:
