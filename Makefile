@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench-smoke clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,18 @@ demo: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Each benchmark at tiny sizes, in a throw-away work directory: checks that they run, nothing more
+# (their ratios mean nothing at these sizes). The real runs: benchmarks/README.md.
+BENCHMARKS := ingest partition train_epoch memory amazon2m accuracy
+bench-smoke: install
+	@work=$$(mktemp -d); trap 'rm -rf "$$work"' EXIT; \
+	for b in $(BENCHMARKS); do \
+		echo "== benchmarks/bench_$$b.py --smoke"; \
+		$(PY) benchmarks/bench_$$b.py --smoke --workdir "$$work" > "$$work/$$b.log" 2>&1 \
+			|| { tail -40 "$$work/$$b.log"; exit 1; }; \
+		tail -1 "$$work/$$b.log"; \
+	done
 
 clean:
 	rm -rf graphpipe-demo graphpipe-store .pytest_cache

@@ -16,6 +16,8 @@ still runs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,10 +75,16 @@ def fit_stats(x: Features, method: str, train_rows: np.ndarray) -> Normalization
     stats = NormalizationStats(method=method, num_features=int(x.shape[1]))
     if method == "standard":
         rows = train_rows if len(train_rows) else np.arange(x.shape[0])
-        sub = x[rows]
-        sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub, dtype=np.float64)
-        mean = sub.mean(axis=0)
-        std = sub.std(axis=0)
+
+        def chunks() -> Iterator[np.ndarray]:  # float64 rows, _CHUNK_ROWS at a time: no full-size copies
+            for start in range(0, len(rows), _CHUNK_ROWS):
+                sub = x[rows[start : start + _CHUNK_ROWS]]
+                yield sub.toarray().astype(np.float64) if sp.issparse(sub) else np.asarray(sub, dtype=np.float64)
+
+        n = max(len(rows), 1)
+        mean = sum((c.sum(axis=0) for c in chunks()), np.zeros(x.shape[1])) / n
+        var = sum((np.square(c - mean).sum(axis=0) for c in chunks()), np.zeros(x.shape[1])) / n
+        std = np.sqrt(var)
         std[std == 0] = 1.0
         stats.mean, stats.std = mean.tolist(), std.tolist()
     return stats

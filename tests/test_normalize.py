@@ -82,3 +82,16 @@ def test_cached_by_snapshot_and_method(tmp_path):
 def test_featureless_graph_gets_a_constant_feature(tmp_path):
     ref = normalize_features(_snapshot(tmp_path, None), _cfg(tmp_path, "auto"))
     np.testing.assert_array_equal(np.load(Path(ref.path) / "x.npy"), np.ones((4, 1), np.float32))
+
+
+def test_standard_statistics_in_chunks_equal_numpy(monkeypatch):
+    import tasks.normalize as normalize_mod
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1000, 7)) * [1, 10, 100, 0.1, 5, 1, 3] + 50).astype(np.float32)
+    train = np.sort(rng.choice(1000, 600, replace=False))
+    monkeypatch.setattr(normalize_mod, "_CHUNK_ROWS", 64)  # many chunks, a partial last one
+    stats = normalize_mod.fit_stats(x, "standard", train)
+    ref = x[train].astype(np.float64)
+    np.testing.assert_allclose(stats.mean, ref.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats.std, ref.std(axis=0), rtol=1e-9)
