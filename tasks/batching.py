@@ -133,30 +133,50 @@ def sparse_csr(crow: np.ndarray, col: np.ndarray, values: np.ndarray, shape: tup
     )
 
 
-def normalized_adjacency(crow: np.ndarray, col: np.ndarray, kind: Kind) -> torch.Tensor:
-    """The square batch adjacency for ``kind`` (see the module docstring)."""
-    n = len(crow) - 1
+def normalized_adjacency_arrays(crow: np.ndarray, col: np.ndarray, kind: Kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(crow, col, values)`` of the square batch adjacency for ``kind`` (see the module docstring)."""
     if kind == "sage":
-        return sparse_csr(crow, col, np.ones(len(col), dtype=np.float32), (n, n))
+        return crow, col, np.ones(len(col), dtype=np.float32)
+    n = len(crow) - 1
     deg = np.diff(crow) + 1
     crow2, col2 = add_self_loops_csr(crow, col, n)
-    return sparse_csr(crow2, col2, gcn_values(crow2, col2, deg, deg), (n, n))
+    return crow2, col2, gcn_values(crow2, col2, deg, deg)
 
 
-def build_batch(graph: ClusterGraph, clusters: np.ndarray, kind: Kind) -> Batch:
-    """Assemble the batch of ``clusters``: node data, train mask and normalized adjacency."""
+def normalized_adjacency(crow: np.ndarray, col: np.ndarray, kind: Kind) -> torch.Tensor:
+    """The square batch adjacency for ``kind`` as a sparse CSR tensor."""
+    n = len(crow) - 1
+    return sparse_csr(*normalized_adjacency_arrays(crow, col, kind), (n, n))
+
+
+def batch_arrays(graph: ClusterGraph, clusters: np.ndarray, kind: Kind) -> dict[str, np.ndarray | int]:
+    """The batch of ``clusters`` as plain numpy arrays (what a worker process sends back):
+    ``nodes``, ``x``, ``y``, ``train_mask``, the normalized adjacency's ``crow``/``col``/``values``
+    and ``num_edges``."""
     clusters = np.sort(np.asarray(clusters, dtype=np.int64))
     nodes, crow, col = batch_subgraph(graph, clusters)
     ranges = list(zip(graph.cluster_ptr[clusters].tolist(), graph.cluster_ptr[clusters + 1].tolist()))
     x, y, split = (np.concatenate([np.asarray(arr[a:b]) for a, b in ranges]) for arr in (graph.x, graph.y, graph.split))
+    acrow, acol, values = normalized_adjacency_arrays(crow, col, kind)
+    return {"nodes": nodes, "x": np.ascontiguousarray(x, dtype=np.float32), "y": y.astype(np.int64, copy=False),
+            "train_mask": split == SPLIT_TRAIN, "crow": acrow, "col": acol, "values": values, "num_edges": len(col)}
+
+
+def batch_from_arrays(a: dict[str, np.ndarray | int]) -> Batch:
+    n = len(a["nodes"])
     return Batch(
-        nodes=nodes,
-        x=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-        y=torch.from_numpy(y.astype(np.int64, copy=False)),
-        train_mask=torch.from_numpy(split == SPLIT_TRAIN),
-        adj=normalized_adjacency(crow, col, kind),
-        num_edges=len(col),
+        nodes=a["nodes"],
+        x=torch.from_numpy(a["x"]),
+        y=torch.from_numpy(a["y"]),
+        train_mask=torch.from_numpy(a["train_mask"]),
+        adj=sparse_csr(a["crow"], a["col"], a["values"], (n, n)),
+        num_edges=int(a["num_edges"]),
     )
+
+
+def build_batch(graph: ClusterGraph, clusters: np.ndarray, kind: Kind) -> Batch:
+    """Assemble the batch of ``clusters``: node data, train mask and normalized adjacency."""
+    return batch_from_arrays(batch_arrays(graph, clusters, kind))
 
 
 @dataclass

@@ -105,6 +105,8 @@ class TrainConfig(_Section):
 
     ``clusters_per_batch="auto"``: enough clusters for ``target_batch_nodes`` nodes per batch, but
     at most half the clusters, so that every epoch has at least two batches.
+    ``loader_workers``: 0 assembles batches in one background thread, ``prefetch`` ahead; ``n > 0``
+    in ``n`` worker processes (PyTorch ``DataLoader``), ``prefetch`` ahead per worker.
     """
 
     model: Literal["gcn", "sage"] = "gcn"
@@ -121,6 +123,9 @@ class TrainConfig(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prefetch: int = Field(default=2, ge=0)
+    # processes assembling batches; "auto": none on CPU (the background thread keeps up with CPU
+    # training), several on CUDA, where one thread could not feed the GPU
+    loader_workers: int | Literal["auto"] = Field(default="auto")
     resume: bool = True
     warm_start: bool = False  # start from the registered champion's weights when they fit
 

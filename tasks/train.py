@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from storage.atomic import write_bytes
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TRAIN
 from storage.store import NodeDataRef, Store
-from tasks.batching import Batch, Kind, build_batch, epoch_batches
+from tasks.batching import Batch, Kind, batch_arrays, batch_from_arrays, build_batch, epoch_batches
 from tasks.config import PipelineConfig, TrainConfig
 from tasks.errors import InputError
 from tasks.evaluate import predict_full_graph, split_metrics
@@ -42,7 +43,7 @@ from tasks.model import GNN, MODEL_FILE, ModelSpec, load_checkpoint, resolve_dev
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
-_NOT_IN_KEY = {"device", "prefetch", "resume"}
+_NOT_IN_KEY = {"device", "prefetch", "resume", "loader_workers"}
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,90 @@ class Prefetcher:
                 if nxt is not None:
                     pending.append(pool.submit(self._build, nxt))
                 yield batch
+
+
+def resolve_loader_workers(config: TrainConfig, device: torch.device) -> int:
+    """``train.loader_workers``, with ``"auto"``: 0 on CPU, on CUDA one process per spare core
+    (at most 8; two cores stay for the training process and its prefetch)."""
+    if config.loader_workers != "auto":
+        return int(config.loader_workers)
+    if device.type != "cuda":
+        return 0
+    return min(8, max(1, (os.cpu_count() or 2) - 2))
+
+
+class _BatchDataset(torch.utils.data.Dataset):
+    """Batch assembly inside a worker process: opens the memory-mapped graph on first use."""
+
+    def __init__(self, partition_dir: str, node_data_dir: str, kind: Kind):
+        self.partition_dir, self.node_data_dir, self.kind = partition_dir, node_data_dir, kind
+        self._graph: ClusterGraph | None = None
+
+    def __getitem__(self, clusters: np.ndarray) -> dict[str, Any]:
+        if self._graph is None:
+            self._graph = ClusterGraph.open(self.partition_dir, self.node_data_dir)
+        arrays = batch_arrays(self._graph, clusters, self.kind)
+        self._graph.release()
+        return arrays
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yields the current epoch's batches (arrays of cluster ids), replaced before each epoch."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _as_is(arrays: dict[str, Any]) -> dict[str, Any]:
+    return arrays  # keep numpy arrays: the sparse adjacency is built in the training process
+
+
+class WorkerLoader:
+    """Batches assembled by ``workers`` processes (a persistent PyTorch ``DataLoader``), for a GPU
+    that one assembly thread could not keep busy. Same batches in the same order as
+    :class:`Prefetcher`; use :meth:`epoch` like a Prefetcher, and :meth:`close` at the end."""
+
+    def __init__(self, node_data: NodeDataRef, kind: Kind, workers: int, depth: int):
+        self.sampler = _EpochSampler()
+        self.loader: torch.utils.data.DataLoader | None = torch.utils.data.DataLoader(
+            _BatchDataset(node_data.partition.path, node_data.path, kind),
+            batch_size=None, sampler=self.sampler, num_workers=workers, collate_fn=_as_is,
+            prefetch_factor=max(depth, 1), persistent_workers=True, multiprocessing_context="spawn",
+            generator=torch.Generator(),  # its per-epoch seed draws must not consume the training RNG
+        )
+
+    def epoch(self, batches: list[np.ndarray]) -> _WorkerEpoch:
+        self.sampler.batches = batches
+        return _WorkerEpoch(self, batches)
+
+    def close(self) -> None:
+        loader, self.loader = self.loader, None
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+class _WorkerEpoch:
+    def __init__(self, owner: WorkerLoader, batches: list[np.ndarray]):
+        self.owner, self.batches = owner, batches
+        self.wait_seconds = 0.0
+
+    def __iter__(self) -> Iterator[Batch]:
+        assert self.owner.loader is not None, "WorkerLoader is closed"
+        it = iter(self.owner.loader)
+        while True:
+            t0 = time.perf_counter()
+            arrays = next(it, None)
+            self.wait_seconds += time.perf_counter() - t0
+            if arrays is None:
+                return
+            yield batch_from_arrays(arrays)
 
 
 def _save(path: Path, obj: dict[str, Any]) -> None:
@@ -232,56 +317,65 @@ def train_cluster_gcn(
         "train: %s, %d nodes, %d clusters, %d per batch, %d classes, device %s",
         spec.kind, graph.num_nodes, graph.num_parts, q, num_classes, device,
     )
-    t_start = time.perf_counter()
-    wait_total, train_total = 0.0, 0.0
-    for epoch in range(state["epoch"] + 1, tc.epochs + 1):
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([tc.seed, epoch])
-        batches = Prefetcher(graph, epoch_batches(graph.num_parts, q, rng), spec.kind, tc.prefetch)
-        metrics = train_epoch(model, optimizer, batches, device, f"epoch {epoch}/{tc.epochs}" if progress else None)
-        metrics["epoch_seconds"] = time.perf_counter() - t0
-        metrics["batch_wait_seconds"] = batches.wait_seconds
-        wait_total += batches.wait_seconds
-        train_total += metrics["epoch_seconds"]
-        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
-            t1 = time.perf_counter()
-            pred = predict_full_graph(model, graph, device, scratch_dir=ckpt_dir, progress=progress)
-            sm = split_metrics(pred, np.asarray(graph.y), split, num_classes)
-            metrics.update(train_acc=sm.acc["train"], val_acc=sm.acc["val"], eval_seconds=time.perf_counter() - t1)
-            val = sm.acc["val"] if not np.isnan(sm.acc["val"]) else sm.acc["train"]
-            if val > state["best_val"]:
-                state.update(best_val=val, best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()), stale=0)
-            else:
-                state["stale"] += tc.eval_every
-        state["epoch"] = epoch
-        state["history"].append({"epoch": epoch, **metrics})
-        _save(last, {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "torch_rng": torch.get_rng_state(), "key": key, "complete": False, "spec": spec.to_dict()})
-        if progress:
-            log.info("epoch %d/%d %s", epoch, tc.epochs, {k: round(v, 4) for k, v in metrics.items()})
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        if tc.patience is not None and state["stale"] >= tc.patience:
-            log.info("train: early stop at epoch %d (best %d)", epoch, state["best_epoch"])
-            break
+    workers = resolve_loader_workers(tc, device)
+    loader = WorkerLoader(node_data, spec.kind, workers, tc.prefetch) if workers else None
+    if workers:
+        log.info("train: %d batch-assembly processes", workers)
+    try:
+        t_start = time.perf_counter()
+        wait_total, train_total = 0.0, 0.0
+        for epoch in range(state["epoch"] + 1, tc.epochs + 1):
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([tc.seed, epoch])
+            order = epoch_batches(graph.num_parts, q, rng)
+            batches = loader.epoch(order) if loader is not None else Prefetcher(graph, order, spec.kind, tc.prefetch)
+            metrics = train_epoch(model, optimizer, batches, device, f"epoch {epoch}/{tc.epochs}" if progress else None)
+            metrics["epoch_seconds"] = time.perf_counter() - t0
+            metrics["batch_wait_seconds"] = batches.wait_seconds
+            wait_total += batches.wait_seconds
+            train_total += metrics["epoch_seconds"]
+            if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+                t1 = time.perf_counter()
+                pred = predict_full_graph(model, graph, device, scratch_dir=ckpt_dir, progress=progress)
+                sm = split_metrics(pred, np.asarray(graph.y), split, num_classes)
+                metrics.update(train_acc=sm.acc["train"], val_acc=sm.acc["val"], eval_seconds=time.perf_counter() - t1)
+                val = sm.acc["val"] if not np.isnan(sm.acc["val"]) else sm.acc["train"]
+                if val > state["best_val"]:
+                    state.update(best_val=val, best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()), stale=0)
+                else:
+                    state["stale"] += tc.eval_every
+            state["epoch"] = epoch
+            state["history"].append({"epoch": epoch, **metrics})
+            _save(last, {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "torch_rng": torch.get_rng_state(), "key": key, "complete": False, "spec": spec.to_dict()})
+            if progress:
+                log.info("epoch %d/%d %s", epoch, tc.epochs, {k: round(v, 4) for k, v in metrics.items()})
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+            if tc.patience is not None and state["stale"] >= tc.patience:
+                log.info("train: early stop at epoch %d (best %d)", epoch, state["best_epoch"])
+                break
 
-    best_state = state["best_state"] if state["best_state"] is not None else model.state_dict()
-    _save(ckpt_dir / MODEL_FILE, {"spec": spec.to_dict(), "state_dict": best_state, "num_classes": num_classes,
-                             "best_epoch": state["best_epoch"], "history": state["history"]})
-    _save(last, {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "key": key, "complete": True, "spec": spec.to_dict()})
-    return TrainResult(
-        checkpoint_dir=str(ckpt_dir),
-        key=key,
-        spec=spec.to_dict(),
-        num_classes=num_classes,
-        clusters_per_batch=q,
-        best_epoch=state["best_epoch"],
-        best_val_acc=float(state["best_val"]),
-        epochs_run=state["epoch"],
-        resumed_from_epoch=resumed_from,
-        device=str(device),
-        seconds=time.perf_counter() - t_start,
-        batch_wait_fraction=wait_total / train_total if train_total else 0.0,
-        warm_started=warm,
-    )
+        best_state = state["best_state"] if state["best_state"] is not None else model.state_dict()
+        _save(ckpt_dir / MODEL_FILE, {"spec": spec.to_dict(), "state_dict": best_state, "num_classes": num_classes,
+                                 "best_epoch": state["best_epoch"], "history": state["history"]})
+        _save(last, {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "torch_rng": torch.get_rng_state(), "key": key, "complete": True, "spec": spec.to_dict()})
+        return TrainResult(
+            checkpoint_dir=str(ckpt_dir),
+            key=key,
+            spec=spec.to_dict(),
+            num_classes=num_classes,
+            clusters_per_batch=q,
+            best_epoch=state["best_epoch"],
+            best_val_acc=float(state["best_val"]),
+            epochs_run=state["epoch"],
+            resumed_from_epoch=resumed_from,
+            device=str(device),
+            seconds=time.perf_counter() - t_start,
+            batch_wait_fraction=wait_total / train_total if train_total else 0.0,
+            warm_started=warm,
+        )
+    finally:
+        if loader is not None:
+            loader.close()

@@ -149,3 +149,24 @@ def test_warm_start_from_earlier_weights_only_when_they_fit(prepared, tmp_path):
     assert warm.checkpoint_dir != cold.checkpoint_dir  # initial weights are part of the checkpoint key
     wider = train_cluster_gcn(nd, _with(cfg, tmp_path / "d", "train.epochs=1", "train.hidden=32"), init_from=weights)
     assert not wider.warm_started
+
+
+def test_worker_processes_assemble_the_same_batches_as_the_thread(prepared, tmp_path):
+    """train.loader_workers=2 (spawned processes, as on a GPU machine) trains exactly like the
+    default background thread: same batches, same order, same losses."""
+    cfg, nd = prepared
+    thread = train_cluster_gcn(nd, _with(cfg, tmp_path / "t", "train.epochs=3", "train.loader_workers=0"))
+    procs = train_cluster_gcn(nd, _with(cfg, tmp_path / "p", "train.epochs=3", "train.loader_workers=2"))
+    h_thread = load_checkpoint(Path(thread.checkpoint_dir) / MODEL_FILE)["history"]
+    h_procs = load_checkpoint(Path(procs.checkpoint_dir) / MODEL_FILE)["history"]
+    assert [h["loss"] for h in h_procs] == pytest.approx([h["loss"] for h in h_thread], rel=1e-6)
+    assert procs.best_val_acc == thread.best_val_acc
+
+
+def test_loader_workers_auto_is_zero_on_cpu():
+    from tasks.config import TrainConfig
+    from tasks.train import resolve_loader_workers
+
+    assert resolve_loader_workers(TrainConfig(), torch.device("cpu")) == 0
+    assert 1 <= resolve_loader_workers(TrainConfig(), torch.device("cuda")) <= 8
+    assert resolve_loader_workers(TrainConfig(loader_workers=3), torch.device("cpu")) == 3
