@@ -112,41 +112,6 @@ def release_pages(*maps: Mapping | None) -> None:
             m.release()
 
 
-GATHER_WINDOW_BYTES = 32 << 20
-
-
-def gather_rows(arr: np.ndarray, idx: np.ndarray, mapping: Mapping | None,
-                window_bytes: int = GATHER_WINDOW_BYTES) -> np.ndarray:
-    """``arr[idx]`` (rows of a C-ordered array) without leaving the whole array resident.
-
-    A random gather through a memory map touches nearly every page (the kernel maps up to 16
-    neighbouring pages per fault), so the rows are gathered in ascending order one window of
-    ``window_bytes`` of the array at a time, and each window's pages are released after use.
-    """
-    if mapping is None or len(idx) == 0:
-        return arr[idx]
-    row_bytes = arr.strides[0]
-    rows_per_window = max(1, window_bytes // row_bytes)
-    order = None
-    if np.any(idx[1:] < idx[:-1]):
-        order = np.argsort(idx, kind="stable")
-        idx = idx[order]
-    out = np.empty((len(idx),) + arr.shape[1:], dtype=arr.dtype)
-    cuts = np.searchsorted(idx, np.arange(int(idx[0]) // rows_per_window * rows_per_window + rows_per_window,
-                                          int(idx[-1]) + rows_per_window, rows_per_window))
-    lo = 0
-    for hi in cuts.tolist():
-        if hi > lo:
-            out[lo:hi] = arr[idx[lo:hi]]
-            mapping.release(int(idx[lo]) * row_bytes, (int(idx[hi - 1]) + 1) * row_bytes)
-        lo = hi
-    if order is not None:
-        unsorted = np.empty_like(out)
-        unsorted[order] = out
-        return unsorted
-    return out
-
-
 @dataclass
 class ClusterGraph:
     """The partitioned graph, memory-mapped: training reads only the rows of its batches."""
@@ -165,10 +130,6 @@ class ClusterGraph:
         """Drop the pages of the mapped arrays from this process's resident memory (see the module
         docstring); safe at any time, since arrays read through the maps fault pages back in."""
         release_pages(*self.maps.values())
-
-    def gather(self, name: str, idx: np.ndarray) -> np.ndarray:
-        """``getattr(self, name)[idx]`` through :func:`gather_rows`."""
-        return gather_rows(getattr(self, name), idx, self.maps.get(name))
 
     @property
     def num_nodes(self) -> int:

@@ -102,20 +102,21 @@ def batch_subgraph(graph: ClusterGraph, clusters: np.ndarray) -> tuple[np.ndarra
     return nodes, crow, col
 
 
-def add_self_loops_csr(crow: np.ndarray, col: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Insert the diagonal entry ``(r, r)`` into each row, keeping columns sorted.
+def add_self_loops_csr(crow: np.ndarray, col: np.ndarray, num_rows: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Insert the diagonal entry ``(r, r + offset)`` into each row, keeping columns sorted
+    (``offset``: the global id of row 0 when columns are global ids).
 
     Requires sorted columns per row and no existing diagonal; vectorized by computing each entry's
     position in the output directly.
     """
     counts = np.diff(crow)
     row = np.repeat(np.arange(num_rows, dtype=np.int64), counts)
-    after_diag = col > row
+    after_diag = col > row + offset
     out = np.empty(len(col) + num_rows, dtype=np.int64)
     pos = np.arange(len(col), dtype=np.int64) + row + after_diag
     out[pos] = col
     less = np.bincount(row[~after_diag], minlength=num_rows)
-    out[crow[:-1] + np.arange(num_rows) + less] = np.arange(num_rows)
+    out[crow[:-1] + np.arange(num_rows) + less] = np.arange(num_rows) + offset
     return crow + np.arange(num_rows + 1), out
 
 
@@ -181,51 +182,38 @@ def build_batch(graph: ClusterGraph, clusters: np.ndarray, kind: Kind) -> Batch:
 
 @dataclass
 class RowBlock:
-    """Rows ``[start, stop)`` of the full graph with all their neighbours, for layer-wise inference.
-
-    ``sources`` lists the global ids whose features the block needs: the block's own rows first
-    (local ids ``0..stop-start-1``), then the outside neighbours (the halo).
-    """
+    """Rows ``[start, stop)`` of the full graph's normalized adjacency (all neighbours), as CSR
+    with global column ids, sorted within each row: ``D^-1/2 (A+I) D^-1/2`` with full-graph
+    degrees for ``gcn``, ``D^-1 A`` (mean over neighbours) for ``sage``."""
 
     start: int
     stop: int
-    sources: np.ndarray
-    adj: torch.Tensor  # sparse CSR (stop - start, len(sources))
+    crow: np.ndarray
+    col: np.ndarray
+    values: np.ndarray
 
 
-def row_block(graph: ClusterGraph, start: int, stop: int, kind: Kind) -> RowBlock:
-    """The full-graph adjacency rows ``[start, stop)`` over all their neighbours."""
+def gcn_inverse_sqrt_degrees(graph: ClusterGraph) -> np.ndarray:
+    """``1 / sqrt(degree + 1)`` of every node (float32): the full graph's GCN normalization."""
+    return (1.0 / np.sqrt(np.diff(np.asarray(graph.indptr)) + 1.0)).astype(np.float32)
+
+
+def row_block(graph: ClusterGraph, start: int, stop: int, kind: Kind, dinv: np.ndarray | None = None) -> RowBlock:
+    """The full-graph adjacency rows ``[start, stop)``; ``dinv``: :func:`gcn_inverse_sqrt_degrees`
+    (computed once per pass by the caller; computed here when not given)."""
     ptr = np.asarray(graph.indptr[start : stop + 1]).astype(np.int64)
     cols = np.asarray(graph.indices[ptr[0] : ptr[-1]]).astype(np.int64)
     crow = ptr - ptr[0]
     n = stop - start
-    outside = (cols < start) | (cols >= stop)
-    halo, halo_inverse = np.unique(cols[outside], return_inverse=True)
-    local = cols - start
-    local[outside] = n + halo_inverse
-    # Keep columns sorted within rows. A row's global ids are sorted: [halo < start] [inside]
-    # [halo >= stop]; in local ids the inside ones (< n) come first and the halo ranks keep their
-    # global order, so each row's inside entries move in front of its outside entries, both in
-    # their order: each entry's new position follows from counts, no sort needed.
     row = np.repeat(np.arange(n, dtype=np.int64), np.diff(crow))
-    inside_before = np.zeros(len(cols) + 1, dtype=np.int64)
-    np.cumsum(~outside, out=inside_before[1:])  # inside entries before each position
-    k = np.arange(len(cols), dtype=np.int64)
-    row_start = crow[row]
-    in_rank = inside_before[k] - inside_before[row_start]  # inside entries before k in its row
-    inside_in_row = inside_before[crow[1:]] - inside_before[crow[:-1]]
-    pos = np.where(outside, row_start + inside_in_row[row] + (k - row_start - in_rank), row_start + in_rank)
-    sorted_local = np.empty_like(local)
-    sorted_local[pos] = local
-    local = sorted_local
-    sources = np.concatenate([np.arange(start, stop, dtype=np.int64), halo])
-    shape = (n, len(sources))
     if kind == "sage":
-        return RowBlock(start, stop, sources, sparse_csr(crow, local, np.ones(len(local), np.float32), shape))
-    deg_src = np.concatenate([np.diff(ptr), graph.gather("indptr", halo + 1) - graph.gather("indptr", halo)]) + 1
-    crow2, col2 = add_self_loops_csr(crow, local, n)
-    values = gcn_values(crow2, col2, deg_src[:n], deg_src)
-    return RowBlock(start, stop, sources, sparse_csr(crow2, col2, values, shape))
+        inv_deg = 1.0 / np.maximum(np.diff(crow), 1).astype(np.float32)
+        return RowBlock(start, stop, crow, cols, inv_deg[row])
+    if dinv is None:
+        dinv = gcn_inverse_sqrt_degrees(graph)
+    crow2, col2 = add_self_loops_csr(crow, cols, n, offset=start)
+    row2 = np.repeat(np.arange(n, dtype=np.int64), np.diff(crow2))
+    return RowBlock(start, stop, crow2, col2, dinv[start:stop][row2] * dinv[col2])
 
 
 def block_bounds(graph: ClusterGraph, target_nodes: int) -> list[tuple[int, int]]:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from storage.arrays import ClusterGraph, gather_rows, release_pages, scratch_array
+from storage.arrays import ClusterGraph, Mapping, release_pages, scratch_array
 from storage.atomic import publish_dir
 from storage.snapshot import SPLIT_TEST, read_node_ids
 from storage.store import NodeDataRef, SnapshotRef
-from tasks.batching import block_bounds, row_block, split_masks
+from tasks.batching import RowBlock, block_bounds, gcn_inverse_sqrt_degrees, row_block, sparse_csr, split_masks
 from tasks.config import PipelineConfig
 from tasks.model import GNN, load_trained, resolve_device
 
@@ -54,6 +55,67 @@ class OutputBlock:
     hidden: np.ndarray
 
 
+WINDOW_BYTES = 32 << 20
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A float32 tensor over ``a`` without a copy when possible. Arrays over read-only maps make
+    torch warn that writing would be undefined; nothing here writes to them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def windowed_product(block: RowBlock, src: np.ndarray, src_map: Mapping | None,
+                     window_bytes: int | None = None) -> torch.Tensor:
+    """``A_block @ src`` (rows ``[start, stop)`` of the adjacency times every row of ``src``).
+
+    ``src`` (N x d, usually memory-mapped) is read one window of ``window_bytes`` of rows at a
+    time: the block's entries are grouped by the window of their column (a stable radix sort),
+    each group is one sparse product with that window's rows, and the window's pages are released
+    after use. Only the rows the block refers to are read, and at most one window stays resident.
+    """
+    n = block.stop - block.start
+    d = src.shape[1]
+    out = torch.zeros((n, d), dtype=torch.float32)
+    if len(block.col) == 0:
+        return out
+    rows_per_window = max(1, (window_bytes or WINDOW_BYTES) // max(src.strides[0], 1))
+    window = block.col // rows_per_window
+    row = np.repeat(np.arange(n, dtype=np.int64), np.diff(block.crow))
+    first, last = int(window.min()), int(window.max())
+    if first != last:
+        order = np.argsort((window - first).astype(np.uint16 if last - first < 65536 else np.int64), kind="stable")
+        window, row, col, values = window[order], row[order], block.col[order], block.values[order]
+    else:
+        col, values = block.col, block.values
+    cuts = np.searchsorted(window, np.arange(first, last + 2))
+    for w, lo, hi in zip(range(first, last + 1), cuts[:-1].tolist(), cuts[1:].tolist()):
+        if hi == lo:
+            continue
+        base = w * rows_per_window
+        rows_w = src[base : base + rows_per_window]
+        crow = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row[lo:hi], minlength=n), out=crow[1:])
+        adj = sparse_csr(crow, col[lo:hi] - base, values[lo:hi], (n, len(rows_w)))
+        out += torch.sparse.mm(adj, _tensor(rows_w))
+        if src_map is not None:
+            src_map.release(base * src.strides[0], (base + len(rows_w)) * src.strides[0])
+    return out
+
+
+def _linear_all(lin: torch.nn.Module, h: np.ndarray, h_map: Mapping | None, device: torch.device,
+                scratch_dir: str | os.PathLike | None, out_dim: int) -> tuple[np.ndarray, Mapping | None]:
+    """``lin(h)`` for every row, streamed in row chunks into a scratch array."""
+    z, z_map = scratch_array((h.shape[0], out_dim), np.float32, scratch_dir)
+    step = max(1, WINDOW_BYTES // max(h.strides[0], 1))
+    for a in range(0, h.shape[0], step):
+        x = _tensor(h[a : a + step]).to(device)
+        z[a : a + step] = lin(x).cpu().numpy()
+        release_pages(h_map, z_map)
+    return z, z_map
+
+
 @torch.no_grad()
 def iter_full_graph(
     model: GNN,
@@ -64,22 +126,35 @@ def iter_full_graph(
     progress: bool = False,
 ) -> Iterator[OutputBlock]:
     """Exact full-graph inference, layer by layer, yielding the last layer block by block in
-    partition order. ``scratch_dir``: where intermediate layer outputs are kept on disk (``None``:
-    in memory)."""
+    partition order. ``scratch_dir``: where intermediate arrays (layer outputs, and for GCN each
+    layer's ``X W``) are kept on disk (``None``: in memory).
+
+    GCN: ``out = A (H W) + b``: ``H W`` for all nodes first, then the sparse product per block.
+    SAGE: ``out = lin_l(mean of neighbours' H) + lin_r(H)``. The sparse products run on the CPU
+    (the data is memory-mapped); the dense layers on ``device``.
+    """
     model.eval()
     kind = model.spec.kind
     bounds = block_bounds(graph, block_nodes)
+    dinv = gcn_inverse_sqrt_degrees(graph) if kind == "gcn" else None
+    graph.release()
     h, h_map = graph.x, graph.maps.get("x")
     t0, last_report = time.perf_counter(), time.perf_counter()
-    for i in range(model.num_layers):
+    for i, conv in enumerate(model.convs):
         last = i == model.num_layers - 1
+        if kind == "gcn":
+            src, src_map = _linear_all(conv.lin, h, h_map, device, scratch_dir, conv.out_channels)
+        else:
+            src, src_map = h, h_map
         out, out_map = None, None
         for n, (a, b) in enumerate(bounds):
-            block = row_block(graph, a, b, kind)
-            # the block's own rows are one slice; its halo (sorted) is gathered window by window
-            x_src = np.concatenate([h[a:b], gather_rows(h, block.sources[b - a :], h_map)])
-            x_src = torch.from_numpy(np.ascontiguousarray(x_src, dtype=np.float32)).to(device)
-            y = model.layer(i, x_src, block.adj.to(device), b - a).cpu().numpy()
+            agg = windowed_product(row_block(graph, a, b, kind, dinv), src, src_map).to(device)
+            if kind == "gcn":
+                y = agg + conv.bias if conv.bias is not None else agg
+            else:
+                own = _tensor(h[a:b]).to(device)
+                y = conv.lin_l(agg) + conv.lin_r(own)
+            y = (y if last else torch.relu(y)).cpu().numpy()
             if last:
                 yield OutputBlock(a, b, y, h[a:b])
             else:
@@ -87,7 +162,7 @@ def iter_full_graph(
                     out, out_map = scratch_array((graph.num_nodes, y.shape[1]), np.float32, scratch_dir)
                 out[a:b] = y
             graph.release()
-            release_pages(h_map, out_map)
+            release_pages(h_map, src_map, out_map)
             if progress and time.perf_counter() - last_report >= 10:
                 last_report = time.perf_counter()
                 log.info("full-graph inference: layer %d/%d, block %d/%d, %.0f s",

@@ -109,25 +109,3 @@ def test_release_drops_mapped_pages_but_keeps_the_data(tmp_path):
     release_pages(out_map)  # written pages of a shared file map survive MADV_DONTNEED
     assert float(out.min()) == 7.0 and float(out.max()) == 7.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy"]  # the scratch file is unlinked
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_gather_rows_equals_fancy_indexing_and_keeps_little_resident(tmp_path):
-    from storage.arrays import gather_rows, map_array, release_pages, write_arrays
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((200_000, 32)).astype(np.float32)  # 25.6 MB, 128 bytes a row
-    write_arrays(tmp_path, x=x)
-    arr, mapping = map_array(tmp_path / "x.npy")
-    idx = rng.integers(0, len(x), 30_000)  # unsorted, with repeats: touches every page
-    release_pages(mapping)
-    before = _rss_file_kb()
-    got = gather_rows(arr, idx, mapping, window_bytes=1 << 20)
-    after = _rss_file_kb()
-    np.testing.assert_array_equal(got, x[idx])
-    assert after - before < 4_000  # ~1 MB window, not the 25 MB a fancy index through the map leaves
-    _ = arr[idx]
-    assert _rss_file_kb() - before > 20_000  # (what the plain gather leaves resident)
-    for sub in (idx[:1], np.sort(idx), np.array([len(x) - 1, 0])):
-        np.testing.assert_array_equal(gather_rows(arr, sub, mapping, window_bytes=4096), x[sub])
-    np.testing.assert_array_equal(gather_rows(x, idx, None), x[idx])
