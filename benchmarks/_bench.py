@@ -381,6 +381,32 @@ def today() -> str:
     return dt.datetime.now().strftime("%Y-%m-%d %H:%M")
 
 
+# -- the baseline model ---------------------------------------------------------------------------
+
+
+def pyg_gcn(dims: list[int], dropout: float, cached: bool = False):
+    """The PyG baseline every benchmark compares against: ``GCNConv`` layers (PyG's own
+    normalization and message passing) with dropout before and ReLU between them."""
+    import torch.nn.functional as F
+    from torch import nn
+    from torch_geometric.nn import GCNConv
+
+    class PygGCN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList(GCNConv(a, b, cached=cached) for a, b in zip(dims[:-1], dims[1:]))
+
+        def forward(self, x, edge_index):
+            for i, conv in enumerate(self.convs):
+                x = F.dropout(x, p=dropout, training=self.training)
+                x = conv(x, edge_index)
+                if i < len(self.convs) - 1:
+                    x = F.relu(x)
+            return x
+
+    return PygGCN()
+
+
 # -- prepared graphs (generate -> ingest -> normalize -> partition -> layout), cached ----------------
 
 

@@ -160,26 +160,11 @@ def side_fullbatch(p: dict) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from torch import nn
-    from torch_geometric.nn import GCNConv
 
     from storage.snapshot import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
 
     _setup_torch(p["threads"])
     hp = p["hparams"]
-
-    class FullBatchGCN(nn.Module):
-        def __init__(self, dims: list[int]):
-            super().__init__()
-            self.convs = nn.ModuleList(GCNConv(a, b, cached=True) for a, b in zip(dims[:-1], dims[1:]))
-
-        def forward(self, x, edge_index):
-            for i, conv in enumerate(self.convs):
-                x = F.dropout(x, p=hp["dropout"], training=self.training)
-                x = conv(x, edge_index)
-                if i < len(self.convs) - 1:
-                    x = F.relu(x)
-            return x
 
     runs = []
     for gp in p["graphpipe_runs"]:
@@ -200,7 +185,7 @@ def side_fullbatch(p: dict) -> dict:
         load_s = B.timer() - t0
 
         torch.manual_seed(seed)
-        model = FullBatchGCN([x.size(1), hp["hidden"], num_classes])
+        model = B.pyg_gcn([x.size(1), hp["hidden"], num_classes], hp["dropout"], cached=True)
         opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         best = {"val": -1.0, "epoch": 0}
         vals = []

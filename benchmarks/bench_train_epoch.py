@@ -97,10 +97,8 @@ class PygSide:
         import numpy as np
         import torch
         import torch.nn.functional as F
-        from torch import nn
         from torch_geometric.data import Data
         from torch_geometric.loader import ClusterData, ClusterLoader
-        from torch_geometric.nn import GCNConv
 
         from storage.snapshot import SPLIT_TRAIN, read_edges, read_nodes
 
@@ -129,21 +127,8 @@ class PygSide:
         self.loader = ClusterLoader(cluster_data, batch_size=p["q"], shuffle=True)
         self.setup_s = time.perf_counter() - t0
 
-        class PygGCN(nn.Module):
-            def __init__(self, dims):
-                super().__init__()
-                self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-            def forward(self, x, edge_index):
-                for i, conv in enumerate(self.convs):
-                    x = F.dropout(x, p=p["dropout"], training=self.training)
-                    x = conv(x, edge_index)
-                    if i < len(self.convs) - 1:
-                        x = F.relu(x)
-                return x
-
         torch.manual_seed(SEED)
-        self.model = PygGCN([x.size(1), p["hidden"], num_classes])
+        self.model = B.pyg_gcn([x.size(1), p["hidden"], num_classes], p["dropout"])
         self.opt = torch.optim.Adam(self.model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
         self.epochs = 0
 
