@@ -133,7 +133,34 @@ def read_features(directory: str | os.PathLike) -> Features | None:
     path = Path(directory) / FEATURES
     if not path.exists():
         return None
-    t = pq.read_table(path)
+    return _features_from_table(pq.read_table(path))
+
+
+def read_feature_rows(directory: str | os.PathLike, rows: np.ndarray) -> Features | None:
+    """Rows ``rows`` of the features (in that order), streaming the file in record batches so that
+    memory holds one batch, not the whole matrix; ``None`` for a featureless graph."""
+    path = Path(directory) / FEATURES
+    if not path.exists():
+        return None
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    wanted = rows[order]
+    f = pq.ParquetFile(path)
+    parts, start = [], 0
+    for batch in f.iter_batches(batch_size=1 << 16):
+        lo, hi = np.searchsorted(wanted, [start, start + batch.num_rows])
+        if hi > lo:
+            parts.append(pa.Table.from_batches([batch.take(pa.array(wanted[lo:hi] - start))]))
+        start += batch.num_rows
+    table = pa.concat_tables(parts) if parts else f.schema_arrow.empty_table()
+    table = table.replace_schema_metadata(f.schema_arrow.metadata)
+    x = _features_from_table(table)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return x[inverse]
+
+
+def _features_from_table(t: pa.Table) -> Features:
     num_features = int(t.schema.metadata[b"num_features"])
     if "x" in t.column_names:
         col = t.column("x").combine_chunks()

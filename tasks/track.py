@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
 from storage.arrays import ClusterGraph
-from storage.snapshot import read_features
+from storage.snapshot import read_feature_rows
 from storage.store import NodeDataRef, SnapshotRef, Store, read_manifest
 from tasks.batching import batch_subgraph
 from tasks.config import PipelineConfig
@@ -179,8 +179,8 @@ def _example_inputs(node_data: NodeDataRef, snapshot: SnapshotRef) -> tuple[torc
     rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
     keep = (rows < len(nodes)) & (col < len(nodes))
     snapshot_ids = np.asarray(graph.perm)[nodes]
-    raw = read_features(snapshot.path)
-    x = raw[snapshot_ids] if raw is not None else np.ones((len(nodes), 1), np.float32)
+    raw = read_feature_rows(snapshot.path, snapshot_ids)
+    x = raw if raw is not None else np.ones((len(nodes), 1), np.float32)
     x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
     edge_index = np.stack([col[keep], rows[keep]]).astype(np.int64)
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(edge_index)

@@ -109,3 +109,26 @@ def test_release_drops_mapped_pages_but_keeps_the_data(tmp_path):
     release_pages(out_map)  # written pages of a shared file map survive MADV_DONTNEED
     assert float(out.min()) == 7.0 and float(out.max()) == 7.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy"]  # the scratch file is unlinked
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_read_feature_rows_equals_indexing_the_whole_matrix(tmp_path, monkeypatch, sparse):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import scipy.sparse as sp
+
+    from storage.snapshot import GraphTables, read_feature_rows, read_features, write_snapshot
+
+    rng = np.random.default_rng(0)
+    n = 150_000  # more than one record batch
+    dense = (rng.random((n, 6)) * (rng.random((n, 6)) < 0.3)).astype(np.float32)
+    x = sp.csr_matrix(dense) if sparse else dense
+    write_snapshot(tmp_path, GraphTables(np.array([0]), np.array([1]), pa.array(np.arange(n)), np.zeros(n, np.int64),
+                                         np.zeros(n, np.int8), x))
+    assert pq.ParquetFile(tmp_path / "features.parquet").metadata.num_rows == n
+    rows = np.array([n - 1, 5, 70_000, 5, 0, 131_071, 131_072])
+    got = read_feature_rows(tmp_path, rows)
+    got = got.toarray() if sparse else got
+    np.testing.assert_array_equal(got, dense[rows])
+    whole = read_features(tmp_path)
+    np.testing.assert_array_equal(whole.toarray() if sparse else whole, dense)
