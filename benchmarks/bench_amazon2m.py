@@ -335,7 +335,7 @@ def report(args, graph: dict[str, Any], results: dict[str, dict[str, Any]], tota
         r = results[stage]
         rows.append([B.today(), B.machine(), f"`{B.command_line()}`", graph_desc, stage, B.fmt_s(r["seconds"]),
                      f"{B.fmt_mb(r['peak_rss_mb'])} ({r['peak_anon_mb']:,.0f} / {r['peak_file_mb']:,.0f})"
-                     + (f"; with METIS' process {B.fmt_mb(r['peak_tree_mb'])}" if r["peak_tree_mb"] > 1.2 * r["peak_rss_mb"] else ""),
+                     + (f"; with its child processes {B.fmt_mb(r['peak_tree_mb'])}" if r["peak_tree_mb"] > 1.2 * r["peak_rss_mb"] else ""),
                      notes[stage]])
     rows.append([B.today(), B.machine(), f"`{B.command_line()}`", graph_desc, "**all stages** (without assembly)",
                  B.fmt_s(total - results["assembly"]["wall_s"] - results["assembly_procs"]["wall_s"]),
