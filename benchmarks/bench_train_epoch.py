@@ -17,8 +17,6 @@ weight_decay 5e-4, loss on the batch's training nodes), ``torch.manual_seed(0)``
   ``tasks.partition.layout_node_data``), batches from ``tasks.batching.epoch_batches`` /
   ``build_batch`` through ``tasks.train.Prefetcher`` (background thread, depth 2), ``tasks.model.GNN``,
   one epoch = ``tasks.train.train_epoch``;
-- ``proposed`` (with ``--proposed``): graphpipe with the fixes proposed in RESULTS.md, prototyped in
-  ``benchmarks/_proposed.py`` (fast dropout, symmetric sparse matmul backward).
 
 Each side is its own process (its own peak RSS). The machine is shared and noisy, so the sides run
 **interleaved epoch by epoch** (A B, B A, ...): each pair of epochs sees about the same load. Per
@@ -29,7 +27,7 @@ on the full graph after the same number of epochs (PyG: one full-batch forward; 
 
 Target (issue): graphpipe >= 2x faster per epoch.
 
-    .venv/bin/python benchmarks/bench_train_epoch.py [--smoke] [--record] [--epochs 8] [--threads N] [--proposed] [--profile]
+    .venv/bin/python benchmarks/bench_train_epoch.py [--smoke] [--record] [--epochs 8] [--threads N] [--profile]
 """
 
 from __future__ import annotations
@@ -203,12 +201,7 @@ class GraphpipeSide:
         self.setup_s = time.perf_counter() - t0
         torch.manual_seed(SEED)
         spec = ModelSpec("gcn", self.graph.num_features, p["hidden"], self.num_classes, 2, p["dropout"])
-        if p.get("proposed"):  # benchmark-only prototype of the proposed fixes (benchmarks/_proposed.py)
-            from _proposed import ProposedGNN
-
-            self.model = ProposedGNN(spec)
-        else:
-            self.model = GNN(spec)
+        self.model = GNN(spec)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
         self.device = torch.device("cpu")
         self.epochs = 0
@@ -255,7 +248,7 @@ def side_prepare(p: dict) -> dict:
     return {"refs": B.prepared(Path(p["workdir"]), p["nodes"], p["avg_degree"], p["features"], num_parts=p["parts"])}
 
 
-SIDES = {"pyg": PygSide, "graphpipe": GraphpipeSide, "proposed": lambda p: GraphpipeSide({**p, "proposed": True})}
+SIDES = {"pyg": PygSide, "graphpipe": GraphpipeSide}
 
 
 def child(side: str, params: str) -> None:
@@ -312,8 +305,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (0 = torch's default; --smoke: 1)")
     ap.add_argument("--prefetch", type=int, default=2, help="graphpipe's Prefetcher depth (train.prefetch)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler of one epoch per side, cProfile of build_batch")
-    ap.add_argument("--proposed", action="store_true",
-                    help="also run graphpipe with the proposed fixes (benchmarks/_proposed.py: fast dropout, symmetric spmm)")
     args = ap.parse_args()
     if args.side:
         return child(args.side, args.params)
@@ -331,7 +322,7 @@ def main() -> None:
                                             "avg_degree": args.avg_degree, "features": features, "parts": parts})
     params = {"refs": prep["refs"], "q": q, "hidden": 128, "dropout": 0.5, "lr": 0.01,
               "weight_decay": 5e-4, "threads": threads, "prefetch": args.prefetch}
-    names = ["graphpipe", "pyg"] + (["proposed"] if args.proposed else [])
+    names = ["graphpipe", "pyg"]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rep in range(repeats):
         order = names if rep % 2 == 0 else names[::-1]
@@ -369,13 +360,6 @@ def main() -> None:
            f"{B.fmt_mb(g['train_peak_rss_mb'])} / {B.fmt_mb(g['peak_rss_mb'])}",
            f"{pg['test_acc']:.4f} / {g['test_acc']:.4f}",
            f"{pg['loader_s']:.2f} / {pg['compute_s']:.2f}; {g['loader_s']:.2f} / {g['compute_s']:.2f}"]
-    if args.proposed:
-        pr = best["proposed"]
-        pairs_p = [a / b for r_p, r_x in zip(runs["pyg"], runs["proposed"])
-                   for a, b in zip(r_p["epoch_times"], r_x["epoch_times"])]
-        header.append("graphpipe + proposed fixes: s/epoch (median / min), paired speedup vs PyG, CPU s, peak RSS, test acc")
-        row.append(f"{pr['median_s']:.2f} / {min_s['proposed']:.2f}, {B.median(pairs_p):.2f}x, "
-                   f"{cpu_s['proposed']:.2f}, {B.fmt_mb(pr['train_peak_rss_mb'])}, {pr['test_acc']:.4f}")
     B.say(B.table(header, [row]))
     if args.record:
         B.record("train_epoch", "bench_train_epoch: Cluster-GCN epoch, graphpipe vs PyG ClusterLoader + GCNConv",
