@@ -28,6 +28,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # library loggers also log outside flow runs (stages called directly)
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,storage")
+# ride out a Prefect API restart: 7 retries, 2 to 128 s apart (Prefect's default 5 gives up after ~1 min)
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "7")
 
 from tasks.config import load_config  # noqa: E402
 from tasks.errors import InputError  # noqa: E402

@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from storage.snapshot import read_feature_rows
 from storage.store import NodeDataRef, SnapshotRef, Store, read_manifest
 from tasks.batching import batch_subgraph
 from tasks.config import PipelineConfig
+from tasks.errors import ServiceUnavailable
 from tasks.evaluate import EvaluationRef
 from tasks.model import MODEL_FILE, EdgeIndexPredictor, load_trained
 from tasks.normalize import NormalizationStats
@@ -157,6 +160,152 @@ def log_epoch(run: RunRef, epoch: int, metrics: dict[str, float]) -> None:
     _client(run.tracking_uri).log_batch(
         run.run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items() if np.isfinite(v)]
     )
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def redact(uri: str) -> str:
+    """``uri`` without user name and password (for messages and logs)."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def check_reachable(uri: str, attempts: int = 4, delay: float = 3.0, timeout: float = 5.0) -> None:
+    """Fail fast, with one clear line, when the tracking server ``uri`` does not answer.
+
+    Local stores (``sqlite:///``, files) need no server and pass. A server gets ``attempts``
+    tries of its ``/health`` endpoint, ``delay`` seconds apart, each bounded by ``timeout``
+    (9 s for a refused connection, at most 29 s for a hanging one, by default), so a server that is just restarting is waited for, and a
+    server that is down stops the run before any heavy work.
+    """
+    if not _is_server(uri):
+        return
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    problem = ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(delay)
+        try:
+            resp = http_request(creds, "/health", "GET", max_retries=0, timeout=timeout, raise_on_status=False)
+            if resp.status_code == 200:
+                return
+            problem = f"/health answered HTTP {resp.status_code}"
+        except Exception as e:  # connection refused, timeout, DNS
+            problem = _short_reason(e)
+    raise ServiceUnavailable(
+        f"MLflow tracking server {redact(uri)} is not reachable ({problem}; {attempts} tries in "
+        f"{(attempts - 1) * delay:.0f} s): start it, or set track.tracking_uri / MLFLOW_TRACKING_URI to a running one"
+    )
+
+
+def _short_reason(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    for hint in ("Connection refused", "timed out", "Read timed out", "Name or service not known", "Max retries exceeded"):
+        if hint in str(e):
+            return hint if hint != "Max retries exceeded" else "no answer"
+    return text[:200]
+
+
+class MetricSender:
+    """Per-epoch metrics sent to the run from a background thread, so that training never waits
+    for the tracking server.
+
+    While the server does not answer, metrics stay in a buffer and are sent, in order, when it
+    answers again (tries after 2, 5, 10, then every 30 s). Each metric keeps the timestamp it was
+    taken with, so a batch sent twice (the first answer lost) is the same rows again, which
+    MLflow's store ignores: a step never gets two different values. Requests are bounded (no
+    retries inside the MLflow client, ``request_timeout`` seconds each): the MLflow client's own
+    defaults (7 retries with exponential backoff, 120 s timeout) would hold a batch for minutes.
+    """
+
+    BACKOFF = (2.0, 5.0, 10.0, 30.0)
+    MAX_BATCH = 1000  # MLflow's limit of metrics per log-batch request
+
+    def __init__(self, run: RunRef, request_timeout: float = 10.0) -> None:
+        self.run = run
+        self.request_timeout = request_timeout
+        self._pending: list[Metric] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._failing_since: float | None = None
+        self.sent = 0
+        self.outages = 0
+        self._thread = threading.Thread(target=self._loop, name="graphpipe-metrics", daemon=True)
+        self._thread.start()
+
+    def add(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Queue one epoch's metrics (``step=epoch``); returns at once."""
+        ts = int(time.time() * 1000)
+        with self._lock:
+            self._pending.extend(Metric(k, float(v), ts, epoch) for k, v in metrics.items() if np.isfinite(v))
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def _send(self, batch: list[Metric]) -> None:
+        if not _is_server(self.run.tracking_uri):
+            _client(self.run.tracking_uri).log_batch(self.run.run_id, metrics=batch)
+            return
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        endpoint = "/api/2.0/mlflow/runs/log-batch"
+        body = {"run_id": self.run.run_id,
+                "metrics": [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in batch]}
+        resp = http_request(get_default_host_creds(self.run.tracking_uri), endpoint, "POST", max_retries=0,
+                            timeout=self.request_timeout, json=body)
+        verify_rest_response(resp, endpoint)
+
+    def _loop(self) -> None:
+        failures = 0
+        while True:
+            delay = self.BACKOFF[min(failures, len(self.BACKOFF)) - 1] if failures else None
+            self._wake.wait(timeout=delay)
+            self._wake.clear()
+            with self._lock:
+                batch = self._pending[: self.MAX_BATCH]
+            if not batch:
+                if self._stop:
+                    return
+                continue
+            try:
+                self._send(batch)
+            except Exception as e:
+                failures += 1
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    self.outages += 1
+                    log.warning("MLflow server %s not answering (%s): per-epoch metrics are kept and sent when it answers",
+                                redact(self.run.tracking_uri), _short_reason(e))
+                continue
+            with self._lock:
+                del self._pending[: len(batch)]
+            self.sent += len(batch)
+            if self._failing_since is not None:
+                log.warning("MLflow server %s answers again after %.0f s: buffered metrics sent",
+                            redact(self.run.tracking_uri), time.monotonic() - self._failing_since)
+                self._failing_since = None
+            failures = 0
+            self._wake.set()  # more to send, or a stop to notice
+
+    def close(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the buffer to be sent; the number of metrics left."""
+        self._stop = True
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return self.pending
 
 
 def end_run(run: RunRef, status: str = "FINISHED", reason: str | None = None) -> None:
