@@ -39,19 +39,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from deployments.stack import HEARTBEAT_SECONDS, ZOMBIE_AFTER_SECONDS, LocalStack, free_port  # noqa: E402
+from deployments.stack import DEAD_WORKER_BOUND_SECONDS, LocalStack, free_port, kill_tree  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-# what README promises for a dead gpu worker: the last heartbeat is at most one interval old, the
-# automation fires ZOMBIE_AFTER_SECONDS after it (evaluated every 5 s), the pipeline polls every 5 s
-DEAD_WORKER_BOUND_S = HEARTBEAT_SECONDS + ZOMBIE_AFTER_SECONDS + 30
+DEAD_WORKER_BOUND_S = DEAD_WORKER_BOUND_SECONDS  # what README promises for a dead gpu worker
 
 
 # -- small HTTP helpers ----------------------------------------------------------------------
@@ -136,23 +132,6 @@ def _end(proc: subprocess.Popen | None, timeout: float = 30) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def kill_tree(pid: int) -> list[int]:
-    """SIGKILL a process and every descendant (a worker's flow-run processes run in their own
-    sessions, so its process group alone would miss them); the pids killed."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
-    return [p.pid for p in procs]
 
 
 def _result(fault: str, expected: str, observed: str, ok: bool, **details: Any) -> dict:

@@ -29,6 +29,10 @@ AUTOMATIONS = REPO / "deployments" / "automations.yaml"
 HEARTBEAT_SECONDS = 30
 ZOMBIE_AFTER_SECONDS = 90  # ``within`` of the automation in automations.yaml
 CLIENT_MAX_RETRIES = 7
+# A dead worker's flow run is marked Crashed ZOMBIE_AFTER_SECONDS after its last heartbeat (at most
+# HEARTBEAT_SECONDS before the death; the automation is evaluated every 5 s), and the nightly run
+# waiting for it notices within one poll (5 s): README's bound, with a margin for the server's work.
+DEAD_WORKER_BOUND_SECONDS = 120
 
 
 def free_port() -> int:
@@ -194,6 +198,25 @@ class LocalStack:
     def load(cls, root: Path) -> LocalStack:
         state = json.loads((root / "stack.json").read_text())
         return cls(root, state["prefect_port"], state["mlflow_port"], state["pids"])
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL a process and all its descendants (a worker's flow-run processes start their own
+    sessions, so the worker's process group alone would miss them); the pids killed."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    return [p.pid for p in procs]
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -33,6 +33,7 @@ os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "7")
 
 from tasks.config import load_config  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
+from tasks.services import check_tracking_server  # noqa: E402
 
 
 def _add_common(p: argparse.ArgumentParser, *, inputs: bool) -> None:
@@ -92,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     if not cfg.data.edges:
         raise InputError("run needs at least one --edges FILE (or data.edges in the config file)")
+    check_tracking_server(cfg)  # before Prefect starts: a down MLflow server is one line, at once
     _print_summary(graph_pipeline(cfg))
     return 0
 
@@ -120,7 +122,9 @@ def cmd_partition(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from flows.pipeline import train_flow
 
-    _print_summary(train_flow(build_config(args)))
+    cfg = build_config(args)
+    check_tracking_server(cfg)
+    _print_summary(train_flow(cfg))
     return 0
 
 

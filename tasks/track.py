@@ -36,7 +36,8 @@ from storage.snapshot import read_feature_rows
 from storage.store import NodeDataRef, SnapshotRef, Store, read_manifest
 from tasks.batching import batch_subgraph
 from tasks.config import PipelineConfig
-from tasks.errors import ServiceUnavailable
+from tasks.services import check_mlflow, redact, short_reason
+from tasks.services import is_server as _is_server
 from tasks.evaluate import EvaluationRef
 from tasks.model import MODEL_FILE, EdgeIndexPredictor, load_trained
 from tasks.normalize import NormalizationStats
@@ -162,55 +163,10 @@ def log_epoch(run: RunRef, epoch: int, metrics: dict[str, float]) -> None:
     )
 
 
-def _is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def redact(uri: str) -> str:
-    """``uri`` without user name and password (for messages and logs)."""
-    parts = urllib.parse.urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
 def check_reachable(uri: str, attempts: int = 4, delay: float = 3.0, timeout: float = 5.0) -> None:
-    """Fail fast, with one clear line, when the tracking server ``uri`` does not answer.
-
-    Local stores (``sqlite:///``, files) need no server and pass. A server gets ``attempts``
-    tries of its ``/health`` endpoint, ``delay`` seconds apart, each bounded by ``timeout``
-    (9 s for a refused connection, at most 29 s for a hanging one, by default), so a server that is just restarting is waited for, and a
-    server that is down stops the run before any heavy work.
-    """
-    if not _is_server(uri):
-        return
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
-
-    creds = get_default_host_creds(uri)
-    problem = ""
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(delay)
-        try:
-            resp = http_request(creds, "/health", "GET", max_retries=0, timeout=timeout, raise_on_status=False)
-            if resp.status_code == 200:
-                return
-            problem = f"/health answered HTTP {resp.status_code}"
-        except Exception as e:  # connection refused, timeout, DNS
-            problem = _short_reason(e)
-    raise ServiceUnavailable(
-        f"MLflow tracking server {redact(uri)} is not reachable ({problem}; {attempts} tries in "
-        f"{(attempts - 1) * delay:.0f} s): start it, or set track.tracking_uri / MLFLOW_TRACKING_URI to a running one"
-    )
-
-
-def _short_reason(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    for hint in ("Connection refused", "timed out", "Read timed out", "Name or service not known", "Max retries exceeded"):
-        if hint in str(e):
-            return hint if hint != "Max retries exceeded" else "no answer"
-    return text[:200]
+    """A clear one-line error (:class:`tasks.errors.ServiceUnavailable`) when the tracking server
+    ``uri`` does not answer; see :func:`tasks.services.check_mlflow`."""
+    check_mlflow(uri, attempts, delay, timeout)
 
 
 class MetricSender:
@@ -287,7 +243,7 @@ class MetricSender:
                     self._failing_since = time.monotonic()
                     self.outages += 1
                     log.warning("MLflow server %s not answering (%s): per-epoch metrics are kept and sent when it answers",
-                                redact(self.run.tracking_uri), _short_reason(e))
+                                redact(self.run.tracking_uri), short_reason(e))
                 continue
             with self._lock:
                 del self._pending[: len(batch)]
