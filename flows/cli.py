@@ -88,12 +88,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.pipeline import graph_pipeline
-
     cfg = build_config(args)
     if not cfg.data.edges:
         raise InputError("run needs at least one --edges FILE (or data.edges in the config file)")
     check_tracking_server(cfg)  # before Prefect starts: a down MLflow server is one line, at once
+    from flows.pipeline import graph_pipeline
+
     _print_summary(graph_pipeline(cfg))
     return 0
 
@@ -120,10 +120,10 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flows.pipeline import train_flow
-
     cfg = build_config(args)
     check_tracking_server(cfg)
+    from flows.pipeline import train_flow
+
     _print_summary(train_flow(cfg))
     return 0
 

@@ -172,7 +172,7 @@ def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef,
     if left:
         raise RuntimeError(
             f"MLflow server {track_mod.redact(run.tracking_uri)} did not answer for {METRICS_FLUSH_SECONDS} s after training: "
-            f"{left} per-epoch metrics not sent (the trained weights are in the checkpoint directory)")
+            f"{left} per-epoch metrics not sent ({sender.last_error}; the trained weights are in the checkpoint directory)")
     track_mod.log_tags(run, {"graphpipe.warm_start_from": init_from if result.warm_started else "none",
                              "graphpipe.device": result.device, "graphpipe.resumed_from_epoch": result.resumed_from_epoch,
                              "graphpipe.clusters_per_batch": result.clusters_per_batch, "graphpipe.checkpoint": result.checkpoint_dir,

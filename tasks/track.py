@@ -194,6 +194,7 @@ class MetricSender:
         self._failing_since: float | None = None
         self.sent = 0
         self.outages = 0
+        self.last_error = ""
         self._thread = threading.Thread(target=self._loop, name="graphpipe-metrics", daemon=True)
         self._thread.start()
 
@@ -224,11 +225,12 @@ class MetricSender:
         verify_rest_response(resp, endpoint)
 
     def _loop(self) -> None:
-        failures = 0
+        failures, next_try = 0, 0.0
         while True:
-            delay = self.BACKOFF[min(failures, len(self.BACKOFF)) - 1] if failures else None
-            self._wake.wait(timeout=delay)
+            self._wake.wait(timeout=max(0.0, next_try - time.monotonic()) if failures else None)
             self._wake.clear()
+            if failures and not self._stop and time.monotonic() < next_try:
+                continue  # new metrics while the server is away: keep them, keep the backoff
             with self._lock:
                 batch = self._pending[: self.MAX_BATCH]
             if not batch:
@@ -239,6 +241,8 @@ class MetricSender:
                 self._send(batch)
             except Exception as e:
                 failures += 1
+                next_try = time.monotonic() + self.BACKOFF[min(failures, len(self.BACKOFF)) - 1]
+                self.last_error = short_reason(e)
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
                     self.outages += 1
@@ -249,7 +253,7 @@ class MetricSender:
                 del self._pending[: len(batch)]
             self.sent += len(batch)
             if self._failing_since is not None:
-                log.warning("MLflow server %s answers again after %.0f s: buffered metrics sent",
+                log.info("MLflow server %s answers again after %.0f s: buffered metrics sent",
                             redact(self.run.tracking_uri), time.monotonic() - self._failing_since)
                 self._failing_since = None
             failures = 0
