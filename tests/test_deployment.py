@@ -28,6 +28,7 @@ def stack(tmp_path_factory):
         s.start_servers()
         s.create_pools()
         s.deploy()
+        s.create_automations()  # zombie detection, as `stack.py up` does
         s.start_workers()
         yield s
     finally:
@@ -195,7 +196,7 @@ def _wait_for_epochs(stack: LocalStack, pipeline_run_id: str, epochs: int, timeo
             history = _get(f"{stack.mlflow_uri}/api/2.0/mlflow/metrics/get-history?{q}").get("metrics", [])
             if len(history) >= epochs:
                 return
-        except (AssertionError, KeyError, StopIteration):
+        except (AssertionError, KeyError, StopIteration, OSError):  # OSError: the experiment is not made yet
             pass
         time.sleep(1)
     raise TimeoutError(f"training did not reach {epochs} epochs")
