@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 
 from flows import stages
 from storage.store import NodeDataRef, PartitionRef
-from tasks.config import PipelineConfig, load_config
+from tasks.config import PipelineConfig, load_config, redact_uri
 from tasks.track import RunRef, end_run, ui_command
 
 
@@ -53,7 +53,7 @@ def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dic
         "metrics": evaluation.metrics,
         "predictions": f"{evaluation.path}/predictions.parquet",
         "mlflow": {
-            "tracking_uri": run.tracking_uri,
+            "tracking_uri": redact_uri(run.tracking_uri),
             "experiment_id": run.experiment_id,
             "run_id": run.run_id,
             "model": tracked.model_name,
