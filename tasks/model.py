@@ -9,6 +9,7 @@ normalization computed by PyG), which is what the exported predictor uses.
 from __future__ import annotations
 
 import pickle
+import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -158,8 +159,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line),
-                      "it holds objects other than tensors and plain data")
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        reason = f"it would call {found.group(1)}" if found else "it holds objects other than tensors and plain data"
         raise UnsafeFileError(
             f"{path}: refused to load this checkpoint: {reason} (checkpoints may only hold tensors, numbers, "
             "strings, lists and dicts; nothing else is ever unpickled, so a tampered file cannot run code)"

@@ -143,7 +143,8 @@ def start_run(config: PipelineConfig, tags: dict[str, str], run_name: str | None
     Store(config.store).root.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     exp_id = _experiment_id(client, config, uri)
-    run = client.create_run(exp_id, tags={"graphpipe.graph": config.data.name, **tags}, run_name=run_name)
+    tags = {k: redact_uri(str(v)) for k, v in {"graphpipe.graph": config.data.name, **tags}.items()}
+    run = client.create_run(exp_id, tags=tags, run_name=run_name)
     params = config_params(config)
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i : i + 100])
@@ -248,10 +249,13 @@ def champion_weights(config: PipelineConfig) -> tuple[str, str] | None:
     if not path.exists():
         target.mkdir(parents=True, exist_ok=True)
         try:
-            client.download_artifacts(version.run_id, f"{WEIGHTS_DIR}/{MODEL_FILE}", str(target))
+            local = Path(client.download_artifacts(version.run_id, f"{WEIGHTS_DIR}/{MODEL_FILE}", str(target)))
         except (MlflowException, OSError) as e:
             log.warning("champion run %s has no weights to warm-start from: %s", version.run_id, e)
             return None
+        if local != path:  # a local artifact store puts the file at target/model.pt, a server at target/checkpoint/
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local, path)
     return str(path), version.run_id
 
 
