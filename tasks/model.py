@@ -177,12 +177,11 @@ def plain_checkpoint(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(obj))
-    if isinstance(obj, dict):  # OrderedDict (state dicts) stays an OrderedDict
-        return type(obj)((k, plain_checkpoint(v)) for k, v in obj.items()) if type(obj) in (dict, OrderedDict) else {
-            k: plain_checkpoint(v) for k, v in obj.items()}
+    if isinstance(obj, dict):  # an OrderedDict (a state dict) stays one; other mappings become dicts
+        kind = OrderedDict if isinstance(obj, OrderedDict) else dict
+        return kind((k, plain_checkpoint(v)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
-        return type(obj)(plain_checkpoint(v) for v in obj) if type(obj) in (list, tuple) else [
-            plain_checkpoint(v) for v in obj]
+        return (tuple if type(obj) is tuple else list)(plain_checkpoint(v) for v in obj)
     raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (tensors and plain data only)")
 
 
