@@ -171,10 +171,10 @@ def plain_checkpoint(obj: Any) -> Any:
     """``obj`` with numpy scalars and arrays turned into Python numbers and tensors, so that
     :func:`load_checkpoint` (``weights_only=True``) accepts it; other types are an error here, at
     save time, rather than a refused checkpoint later."""
+    if isinstance(obj, np.generic):  # before float: np.float64 is a float subclass, pickled as numpy
+        return obj.item()
     if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(obj))
     if isinstance(obj, dict):  # an OrderedDict (a state dict) stays one; other mappings become dicts

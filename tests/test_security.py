@@ -74,6 +74,29 @@ def test_load_checkpoint_refuses_a_pickle_that_runs_code(tmp_path):
     assert not marker.exists()
 
 
+def test_plain_checkpoint_makes_numpy_values_weights_only_loadable():
+    from collections import OrderedDict
+
+    import numpy as np
+
+    from tasks.model import plain_checkpoint
+
+    obj = {"best_val": np.float64(0.75), "epoch": np.int64(3), "history": [{"loss": np.float32(0.5)}],
+           "state_dict": OrderedDict(w=torch.ones(2)), "betas": (0.9, np.float64(0.999)), "y": np.arange(3)}
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with pytest.raises(Exception, match="Weights only load failed"):  # numpy scalars are pickled objects
+        torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    buf = io.BytesIO()
+    torch.save(plain_checkpoint(obj), buf)
+    back = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    assert back["best_val"] == 0.75 and type(back["best_val"]) is float and back["epoch"] == 3
+    assert back["history"][0]["loss"] == 0.5 and back["betas"] == (0.9, 0.999)
+    assert isinstance(back["state_dict"], OrderedDict) and torch.equal(back["y"], torch.arange(3))
+    with pytest.raises(TypeError, match="cannot store a object"):
+        plain_checkpoint({"x": object()})
+
+
 def test_planted_store_checkpoint_is_refused_on_resume(prepared, tmp_path):
     from tasks.train import LAST, checkpoint_key, train_cluster_gcn
 
