@@ -268,7 +268,8 @@ def _beyond_int64(col: pa.ChunkedArray, path: str, column: str) -> InputError:
         if not -(2**63) <= int(value) < 2**63:
             return InputError(
                 f"{path}: row {row + 1}: node id {value} in column {column!r} does not fit in int64 "
-                "(integer node ids must be between 0 and 2^63-1)"
+                "(integer node ids must be between 0 and 2^63-1; ids that are names need a node table "
+                "with a string id column, e.g. Parquet)"
             )
     return InputError(f"{path}: column {column!r}: node ids do not fit in int64")
 
