@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,11 @@ def parquet(path: Path, columns: dict) -> str:
 
 def npy(path: Path, array: np.ndarray, **kw) -> str:
     np.save(path, array, **kw)
+    return str(path)
+
+
+def npz(path: Path, matrix) -> str:
+    sp.save_npz(path, sp.csr_matrix(matrix))
     return str(path)
 
 
@@ -111,6 +115,11 @@ def truncated_gzip(tmp: Path, name: str, line: str) -> str:
 
 def uint64_beyond(tmp: Path) -> str:
     return parquet(tmp / "big.parquet", {"src": pa.array([1, 2**63 + 5], pa.uint64()), "dst": pa.array([2, 3], pa.uint64())})
+
+
+def directory(path: Path) -> str:
+    path.mkdir()
+    return str(path)
 
 
 def not_sparse_npz(tmp: Path) -> str:
@@ -281,14 +290,13 @@ CASES: dict[str, Case] = {
         "has 3 nodes"),
     "npz with the wrong row count": Case(
         lambda t: with_edges(t, nodes=text(t / "n.csv", "node_id\n0\n1\n2\n"),
-                             features=(sp.save_npz(t / "x.npz", sp.csr_matrix(np.ones((4, 2)))), str(t / "x.npz"))[1]),
+                             features=npz(t / "x.npz", np.ones((4, 2)))),
         "x.npz", "has 4 rows", "the node table"),
     "NaN in an npy": Case(
         lambda t: with_edges(t, features=npy(t / "x.npy", np.where(np.arange(12).reshape(3, 4) == 6, np.nan, 1.0))),
         "x.npy", "row 2: feature index 2", "features must be finite"),
     "inf in an npz": Case(
-        lambda t: with_edges(t, features=(sp.save_npz(t / "x.npz", sp.csr_matrix(np.where(np.eye(3) == 1, np.inf, 0.0))),
-                                          str(t / "x.npz"))[1]),
+        lambda t: with_edges(t, features=npz(t / "x.npz", np.where(np.eye(3) == 1, np.inf, 0.0))),
         "x.npz", "row 1: feature index 0", "features must be finite"),
     "npy of pickled objects": Case(
         lambda t: with_edges(t, features=npy(t / "x.npy", np.array([[{"a": 1}]] * 3, dtype=object), allow_pickle=True)),
@@ -310,7 +318,7 @@ CASES: dict[str, Case] = {
         "scipy.sparse.save_npz"),
     # files that are not files
     "directory given as the edge file": Case(
-        lambda t: {"edges": [str((t / "dir.csv").mkdir() or t / "dir.csv")]}, "dir.csv", "edge file (data.edges)",
+        lambda t: {"edges": [directory(t / "dir.csv")]}, "dir.csv", "edge file (data.edges)",
         "is a directory; expected a file"),
     "missing node table": Case(
         lambda t: with_edges(t, nodes=str(t / "nope.parquet")), "nope.parquet", "node table (data.nodes)", "not found"),
