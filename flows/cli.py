@@ -31,7 +31,8 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,storage")
 # ride out a Prefect API restart: 7 retries, 2 to 128 s apart (Prefect's default 5 gives up after ~1 min)
 os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "7")
 
-from tasks.config import load_config  # noqa: E402
+from flows import quiet_errors  # noqa: E402
+from tasks.config import load_config, redact_uri  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
 from tasks.services import check_tracking_server  # noqa: E402
 
@@ -80,7 +81,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for split in ("train", "val", "test"):
         print(f"  {split:5s} accuracy {m[f'{split}_acc']:.4f}   macro-F1 {m[f'{split}_macro_f1']:.4f}")
     print(f"  predictions: {summary['predictions']}")
-    print(f"MLflow: run {ml['run_id']} in {ml['tracking_uri']}")
+    print(f"MLflow: run {ml['run_id']} in {redact_uri(ml['tracking_uri'])}")
     if ml.get("model_version"):
         state = "now champion" if ml["champion"] else "champion unchanged"
         print(f"  registered model {ml['model']} version {ml['model_version']} ({state})")
@@ -193,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    quiet_errors.install()  # a user's mistake: Prefect logs it without a traceback
     try:
         return args.fn(args)
     except InputError as e:

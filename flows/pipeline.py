@@ -17,10 +17,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows import stages
+from flows import quiet_errors, stages
 from storage.store import NodeDataRef, PartitionRef
-from tasks.config import PipelineConfig, load_config
+from tasks.config import PipelineConfig, load_config, redact_uri
 from tasks.track import RunRef, end_run, ui_command
+
+quiet_errors.install()  # flow runs on workers too: no traceback for a user's mistake
 
 
 def resolve(config: PipelineConfig | dict | None, config_file: str | None, overrides: dict[str, Any] | None) -> PipelineConfig:
@@ -53,7 +55,7 @@ def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dic
         "metrics": evaluation.metrics,
         "predictions": f"{evaluation.path}/predictions.parquet",
         "mlflow": {
-            "tracking_uri": run.tracking_uri,
+            "tracking_uri": redact_uri(run.tracking_uri),
             "experiment_id": run.experiment_id,
             "run_id": run.run_id,
             "model": tracked.model_name,

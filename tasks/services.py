@@ -20,11 +20,10 @@ def is_server(uri: str | None) -> bool:
 
 
 def redact(uri: str) -> str:
-    """``uri`` without user name and password (for messages and logs)."""
-    parts = urllib.parse.urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    """``uri`` with its credentials replaced by ``***`` (for messages and logs)."""
+    from tasks.config import redact_uri
+
+    return redact_uri(uri)
 
 
 def short_reason(e: BaseException) -> str:

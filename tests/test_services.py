@@ -45,7 +45,7 @@ def test_local_tracking_store_needs_no_server(tmp_path):
 
 
 def test_redact_keeps_everything_but_the_credentials():
-    assert track.redact("https://u:p@mlflow.example.com:8443/x?y=1") == "https://mlflow.example.com:8443/x?y=1"
+    assert track.redact("https://u:p@mlflow.example.com:8443/x?y=1") == "https://***@mlflow.example.com:8443/x?y=1"
     assert track.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
