@@ -224,6 +224,7 @@ class MetricSender:
 
     @property
     def pending(self) -> int:
+        """Metrics waiting to be sent."""
         with self._lock:
             return len(self._pending)
 
