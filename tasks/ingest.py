@@ -32,6 +32,8 @@ from tasks.config import DataConfig, PipelineConfig
 from tasks.errors import InputError
 from tasks.readers import (
     MASK_COLUMNS,
+    check_edge_file,
+    check_feature_file,
     check_finite,
     column_features,
     edge_format,
@@ -39,6 +41,7 @@ from tasks.readers import (
     file_exists,
     id_column_of,
     load_feature_file,
+    node_table_schema,
     normalize_ids,
     read_edge_file,
     read_node_table,
@@ -134,16 +137,9 @@ def ingest_counts(ref: SnapshotRef) -> dict[str, Any]:
 
 
 def input_files(data: DataConfig) -> dict[str, Any]:
-    """Every input file with its content fingerprint; InputError for a missing file or a bad combination."""
-    if not data.edges:
-        raise InputError("data.edges: at least one edge file is required")
-    if data.nodes is None:
-        needs_table = ["id_column", "label_column", "split_column", "feature_columns", "num_classes"]
-        for key in needs_table:
-            if getattr(data, key) is not None:
-                raise InputError(f"data.{key} is set but there is no node table (data.nodes)")
-    if data.feature_columns and data.features:
-        raise InputError("set data.feature_columns or data.features, not both")
+    """Every input file with its content fingerprint; InputError for a missing file or a bad combination
+    (:func:`check_inputs` first)."""
+    check_inputs(data)
 
     def entry(path: str, what: str) -> dict[str, str]:
         return {"path": path, "fingerprint": fingerprint_file(file_exists(path, what))}
@@ -153,6 +149,38 @@ def input_files(data: DataConfig) -> dict[str, Any]:
         "nodes": entry(data.nodes, "node table (data.nodes)") if data.nodes else None,
         "features": entry(data.features, "feature file (data.features)") if data.features else None,
     }
+
+
+def check_inputs(data: DataConfig) -> None:
+    """What can be checked without reading the rows: settings that fit together, every file there and
+    readable, each edge file's format and src/dst columns, the node table's id, label, split and
+    feature columns, the feature file's kind and shape. Reads first lines and schemas only (about a
+    millisecond a file): the command line runs it before starting Prefect, ingest runs it again.
+    """
+    if not data.edges:
+        raise InputError("data.edges: at least one edge file is required")
+    if data.nodes is None:
+        needs_table = ["id_column", "label_column", "split_column", "feature_columns", "num_classes"]
+        for key in needs_table:
+            if getattr(data, key) is not None:
+                raise InputError(f"data.{key} is set but there is no node table (data.nodes)")
+    if data.feature_columns and data.features:
+        raise InputError("set data.feature_columns or data.features, not both")
+    for path in data.edges:
+        check_edge_file(file_exists(path, "edge file (data.edges)"), edge_format(path, data.edge_format),
+                        data.src_column, data.dst_column)
+    if data.nodes:
+        table = node_table_schema(file_exists(data.nodes, "node table (data.nodes)"))
+        id_column_of(table, data.nodes, data.id_column)
+        label_column_of(table, data.nodes, data.label_column)
+        split_columns_of(table, data.nodes, data.split_column)
+        missing = [c for c in data.feature_columns or [] if c not in table.column_names]
+        if missing:
+            raise InputError(
+                f"{data.nodes}: feature column(s) {missing} (data.feature_columns) not found; columns found: {table.column_names}"
+            )
+    if data.features:
+        check_feature_file(file_exists(data.features, "feature file (data.features)"))
 
 
 def snapshot_fingerprint(config: PipelineConfig, inputs: dict[str, Any]) -> str:
