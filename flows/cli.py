@@ -11,7 +11,9 @@
     graphpipe demo      [--nodes 50000] [--store graphpipe-demo]
 
 A user's mistake prints one ``error:`` message (file, row or column, what was expected) and exits
-with status 2; no traceback.
+with status 2; no traceback. Inputs are checked (formats, columns) before Prefect's embedded server
+starts; if that server cannot start within its limit (:mod:`flows.startup`), one ``error:`` line
+and status 3.
 """
 
 from __future__ import annotations
