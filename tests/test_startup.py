@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -267,3 +268,36 @@ def test_deploy_without_graphpipe_home_runs_flows_from_the_repository(prefect_ha
         assert steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}], steps
         entry = deployment["entrypoint"].split(":")[0]
         assert (REPO / entry).is_file()
+
+
+def test_embedded_server_ends_with_a_killed_cli(tmp_path):
+    """SIGKILL of the command (what the OOM killer does) also ends the server it started."""
+    import psutil
+
+    edges, nodes = _tiny_graph(tmp_path)
+    cli = subprocess.Popen([sys.executable, "-m", "flows.cli", "ingest", "--edges", str(edges), "--nodes", str(nodes),
+                            "--store", str(tmp_path / "store")], cwd=REPO, env=_env(tmp_path),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parent = psutil.Process(cli.pid)
+        server = None
+        while server is None and cli.poll() is None:
+            server = next((c for c in parent.children() if "uvicorn" in " ".join(c.cmdline())), None)
+            time.sleep(0.05)
+        assert server is not None, "the command ended before its server was seen"
+    finally:
+        cli.kill()
+        cli.wait()
+    deadline = time.monotonic() + 600  # it gets SIGTERM at once (PR_SET_PDEATHSIG); the bound is a safety net
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server)
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
