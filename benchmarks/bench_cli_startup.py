@@ -15,8 +15,10 @@ Modes:
 - ``bad``: warm, but the edge file lacks the configured column: the time to reject bad input;
 - ``import``: ``python -c "import flows.pipeline"`` (what the flows import).
 
-Prints one Markdown row per mode: median (and min-max) seconds per side, the ratio after/before,
-and the load average before and after the mode. ``--record`` appends them to RESULTS.md.
+Prints one Markdown row per mode: median (and min-max) wall seconds per side, the ratio
+after/before, the median CPU seconds (user + system of the command and every process it waited
+for, the embedded Prefect server included: the work a call costs, much less dependent on the load
+than its wall time), and the load average before and after the mode. ``--record`` appends them to RESULTS.md.
 
     .venv/bin/python benchmarks/bench_cli_startup.py [--smoke] [--record] [--repeats 5] [--modes warm,cold,bad,import]
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
 
 HEADER = ["mode", "before (s, median)", "before min-max", "after (s, median)", "after min-max", "after / before",
-          "load before -> after", "runs per side", "when"]
+          "CPU before (s)", "CPU after (s)", "CPU after / before", "load before -> after", "runs per side", "when"]
 
 
 def export_tree(ref: str, workdir: Path) -> Path:
@@ -66,20 +69,25 @@ def environment(home: Path) -> dict[str, str]:
     return env
 
 
-def run(tree: Path, args: list[str], env: dict[str, str], expect: int) -> float:
-    """Wall seconds of ``python <args>`` run in ``tree`` (its modules first on the path)."""
+def run(tree: Path, args: list[str], env: dict[str, str], expect: int) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the process and every child it waited for: the
+    embedded Prefect server included) of ``python <args>`` run in ``tree`` (its modules first)."""
     env = {**env, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != expect:
         raise SystemExit(f"{tree}: {' '.join(args)} exited {proc.returncode}, expected {expect}:\n{proc.stderr[-3000:]}")
-    return elapsed
+    return elapsed, cpu
 
 
-def measure(mode: str, trees: dict[str, Path], workdir: Path, repeats: int) -> dict[str, list[float]]:
+def measure(mode: str, trees: dict[str, Path], workdir: Path, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     edges, nodes, bad = tiny_graph(workdir)
     times: dict[str, list[float]] = {side: [] for side in trees}
+    cpus: dict[str, list[float]] = {side: [] for side in trees}
     homes = {side: workdir / f"prefect-home-{side}" for side in trees}
     for side, tree in trees.items():  # warm homes: one unmeasured call each
         if mode in ("warm", "bad") and not (homes[side] / "prefect.db").exists():
@@ -97,9 +105,11 @@ def measure(mode: str, trees: dict[str, Path], workdir: Path, repeats: int) -> d
             t = run(tree, ingest_args(edges, nodes, store), environment(homes[side]), 0)
         else:  # bad: the configured column is missing
             t = run(tree, ingest_args(bad, nodes, store) + ["--set", "data.src_column=src"], environment(homes[side]), 2)
+        t, cpu = t
         times[side].append(t)
-        B.log(f"{mode} {side} run {i // len(trees) + 1}: {t:.1f} s (load {B.load_avg()})")
-    return times
+        cpus[side].append(cpu)
+        B.log(f"{mode} {side} run {i // len(trees) + 1}: {t:.1f} s wall, {cpu:.1f} s CPU (load {B.load_avg()})")
+    return times, cpus
 
 
 def ingest_args(edges: Path, nodes: Path, store: Path) -> list[str]:
@@ -124,13 +134,16 @@ def main() -> None:
     rows = []
     for mode in modes:
         load0 = B.load_avg()
-        times = measure(mode, trees, workdir, repeats)
+        times, cpus = measure(mode, trees, workdir, repeats)
         load1 = B.load_avg()
         med = {s: B.median(t) for s, t in times.items()}
+        cpu = {s: B.median(t) for s, t in cpus.items()}
         span = {s: f"{min(t):.1f}-{max(t):.1f}" for s, t in times.items()}
         ratio = f"{med['after'] / med['before']:.2f}x" if "before" in med else "-"
+        cpu_ratio = f"{cpu['after'] / cpu['before']:.2f}x" if "before" in cpu else "-"
         rows.append([mode, B.fmt_s(med.get("before", float("nan"))), span.get("before", "-"), B.fmt_s(med["after"]),
-                     span["after"], ratio, f"{load0} -> {load1}", str(repeats), B.today()])
+                     span["after"], ratio, B.fmt_s(cpu.get("before", float("nan"))), B.fmt_s(cpu["after"]), cpu_ratio,
+                     f"{load0} -> {load1}", str(repeats), B.today()])
         B.say(B.table(HEADER, [rows[-1]]).splitlines()[-1])
     B.say(B.table(HEADER, rows))
     if args.record and not args.smoke:
