@@ -30,8 +30,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 ENV_VAR = "GRAPHPIPE_SERVER_STARTUP_TIMEOUT"
 PREFECT_ENV_VAR = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -56,7 +56,7 @@ class StartupLimit:
 def _positive_int(text: str, where: str) -> int:
     try:
         value = int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):
         value = 0
     if value <= 0:
         from tasks.errors import InputError
@@ -81,8 +81,7 @@ def startup_limit(cli_seconds: int | None = None) -> StartupLimit:
 
 def apply_startup_limit(limit: StartupLimit | None = None) -> StartupLimit:
     """Make ``limit`` (default :func:`startup_limit`) Prefect's ephemeral start-up timeout in this
-    process, so that flows called from Python wait that long too; child processes inherit it
-    through the environment."""
+    process, so that flows called from Python wait that long too."""
     global _applied
     from prefect.settings import get_current_settings
 
@@ -94,7 +93,6 @@ def apply_startup_limit(limit: StartupLimit | None = None) -> StartupLimit:
     if ephemeral.startup_timeout_seconds != limit.seconds:
         # the process's settings object (Prefect reads it at each start); not frozen in Prefect 3
         ephemeral.startup_timeout_seconds = limit.seconds
-    os.environ[PREFECT_ENV_VAR] = str(limit.seconds)
     return limit
 
 
