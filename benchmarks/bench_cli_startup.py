@@ -15,6 +15,10 @@ Modes:
 - ``bad``: warm, but the edge file lacks the configured column: the time to reject bad input;
 - ``import``: ``python -c "import flows.pipeline"`` (what the flows import).
 
+Both sides run with ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600``: with Prefect's default
+(20 s) the ``before`` code fails on a loaded machine, which is one of the bugs fixed, and a failed
+call has no duration.
+
 Prints one Markdown row per mode: median (and min-max) wall seconds per side, the ratio
 after/before, the median CPU seconds (user + system of the command and every process it waited
 for, the embedded Prefect server included: the work a call costs, much less dependent on the load
@@ -65,7 +69,10 @@ def tiny_graph(workdir: Path) -> tuple[Path, Path, Path]:
 
 def environment(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRAPHPIPE_", "MLFLOW_"))}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # both sides wait up to 600 s for the embedded server: with Prefect's default 20 s the 'before'
+    # code fails outright on a loaded machine (the bug being fixed), and a failed call has no time
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="600")
     return env
 
 
