@@ -31,8 +31,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,storage")
 
-from tasks.config import load_config  # noqa: E402
+from flows import quiet_errors  # noqa: E402
 from flows.startup import StartupError  # noqa: E402
+from tasks.config import load_config, redact_uri  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
 
 
@@ -87,7 +88,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for split in ("train", "val", "test"):
         print(f"  {split:5s} accuracy {m[f'{split}_acc']:.4f}   macro-F1 {m[f'{split}_macro_f1']:.4f}")
     print(f"  predictions: {summary['predictions']}")
-    print(f"MLflow: run {ml['run_id']} in {ml['tracking_uri']}")
+    print(f"MLflow: run {ml['run_id']} in {redact_uri(ml['tracking_uri'])}")
     if ml.get("model_version"):
         state = "now champion" if ml["champion"] else "champion unchanged"
         print(f"  registered model {ml['model']} version {ml['model_version']} ({state})")
@@ -237,6 +238,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    quiet_errors.install()  # a user's mistake: Prefect logs it without a traceback
     try:
         return args.fn(args)
     except InputError as e:

@@ -17,15 +17,17 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows import stages
+from flows import quiet_errors, stages
 from flows.startup import apply_startup_limit
 from storage.store import NodeDataRef, PartitionRef
-from tasks.config import PipelineConfig, load_config
+from tasks.config import PipelineConfig, load_config, redact_uri
 
 # torch, PyG and MLflow (tasks.track, tasks.train...) are imported by the stages that use them, so
 # `graphpipe ingest` never loads them. Flow calls from Python wait for the embedded Prefect server
 # as long as the command line does (flows/startup.py).
 apply_startup_limit()
+
+quiet_errors.install()  # flow runs on workers too: no traceback for a user's mistake
 
 
 def resolve(config: PipelineConfig | dict | None, config_file: str | None, overrides: dict[str, Any] | None) -> PipelineConfig:
@@ -60,7 +62,7 @@ def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dic
         "metrics": evaluation.metrics,
         "predictions": f"{evaluation.path}/predictions.parquet",
         "mlflow": {
-            "tracking_uri": run.tracking_uri,
+            "tracking_uri": redact_uri(run.tracking_uri),
             "experiment_id": run.experiment_id,
             "run_id": run.run_id,
             "model": tracked.model_name,

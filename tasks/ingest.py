@@ -35,6 +35,7 @@ from tasks.readers import (
     check_edge_file,
     check_feature_file,
     check_finite,
+    first_true,
     column_features,
     edge_format,
     feature_columns_auto,
@@ -142,7 +143,10 @@ def input_files(data: DataConfig) -> dict[str, Any]:
     check_inputs(data)
 
     def entry(path: str, what: str) -> dict[str, str]:
-        return {"path": path, "fingerprint": fingerprint_file(file_exists(path, what))}
+        try:
+            return {"path": path, "fingerprint": fingerprint_file(file_exists(path, what))}
+        except OSError as e:  # no permission to read it, an I/O error
+            raise InputError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
 
     return {
         "edges": [entry(p, "edge file (data.edges)") for p in data.edges],
@@ -212,6 +216,8 @@ def build_graph(
         for path in data.edges
     ]
     sources = [EdgeSource(f.path, f.src_name, f.dst_name, f.rows) for f in files]
+    if nodes is None:
+        _check_same_id_kind(files)
     as_string = string_ids or not all(f.is_int for f in files)
     src_ids, dst_ids = _concat([f.src for f in files], as_string), _concat([f.dst for f in files], as_string)
     del files  # the Arrow copies of the ids
@@ -227,6 +233,12 @@ def build_graph(
     split, split_source = _final_split(config, labels, split)
     rows = len(src)
     src, dst, self_loops, duplicates = canonical_edges(src, dst, num_nodes)
+    if len(src) == 0:
+        names = ", ".join(f.path for f in sources)
+        raise InputError(
+            f"{names}: all {rows:,} edge rows are self-loops (src = dst in every row); "
+            "expected at least one edge between two different nodes"
+        )
     counts = {
         "edge_rows_per_file": [{"file": f.path, "rows": f.rows} for f in sources],
         "edge_rows_total": rows,
@@ -249,6 +261,27 @@ def build_graph(
     }
     tables = GraphTables(src, dst, _output_ids(node_ids), labels.values, split, features, labels.names)
     return tables, counts, labels.names
+
+
+def _check_same_id_kind(files: list) -> None:
+    """Without a node table, every edge file's ids must be integers, or every file's strings."""
+    ints = [f for f in files if f.is_int]
+    strings = [f for f in files if not f.is_int]
+    if not (ints and strings):
+        return
+    f = strings[0]
+    found = []  # (row, column, value) of the first non-integer id of each column
+    for name, col in ((f.src_name, f.src), (f.dst_name, f.dst)):
+        text = pc.invert(pc.match_substring_regex(col, r"^[+-]?[0-9]+$"))
+        if pc.any(text).as_py():
+            row = first_true(text)
+            found.append((row, name, col[row].as_py()))
+    row, column, value = min(found, key=lambda t: t[0]) if found else (0, f.src_name, f.src[0].as_py())
+    raise InputError(
+        f"{f.path}: row {row + 1}: node id {value!r} in column {column!r} is a string, but the ids in "
+        f"{ints[0].path} are integers; node ids must be all integers or all strings (with a node table of "
+        "string ids, integer-looking edge ids compare as strings)"
+    )
 
 
 # -- the node table -----------------------------------------------------------------------------
