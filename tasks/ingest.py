@@ -145,8 +145,8 @@ def input_files(data: DataConfig) -> dict[str, Any]:
     def entry(path: str, what: str) -> dict[str, str]:
         try:
             return {"path": path, "fingerprint": fingerprint_file(file_exists(path, what))}
-        except OSError as e:  # no permission to read it, an I/O error
-            raise InputError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+        except OSError as e:  # an I/O error
+            raise _unreadable(path, what, e) from None
 
     return {
         "edges": [entry(p, "edge file (data.edges)") for p in data.edges],
@@ -171,10 +171,10 @@ def check_inputs(data: DataConfig) -> None:
     if data.feature_columns and data.features:
         raise InputError("set data.feature_columns or data.features, not both")
     for path in data.edges:
-        check_edge_file(file_exists(path, "edge file (data.edges)"), edge_format(path, data.edge_format),
+        check_edge_file(readable_file(path, "edge file (data.edges)"), edge_format(path, data.edge_format),
                         data.src_column, data.dst_column)
     if data.nodes:
-        table = node_table_schema(file_exists(data.nodes, "node table (data.nodes)"))
+        table = node_table_schema(readable_file(data.nodes, "node table (data.nodes)"))
         id_column_of(table, data.nodes, data.id_column)
         label_column_of(table, data.nodes, data.label_column)
         split_columns_of(table, data.nodes, data.split_column)
@@ -184,7 +184,21 @@ def check_inputs(data: DataConfig) -> None:
                 f"{data.nodes}: feature column(s) {missing} (data.feature_columns) not found; columns found: {table.column_names}"
             )
     if data.features:
-        check_feature_file(file_exists(data.features, "feature file (data.features)"))
+        check_feature_file(readable_file(data.features, "feature file (data.features)"))
+
+
+def readable_file(path: str, what: str) -> str:
+    """``path`` if it is a file this process may read, else an InputError naming the setting."""
+    try:
+        with open(file_exists(path, what), "rb"):
+            pass
+    except OSError as e:  # no permission to read it
+        raise _unreadable(path, what, e) from None
+    return path
+
+
+def _unreadable(path: str, what: str, e: OSError) -> InputError:
+    return InputError(f"{path}: cannot read the {what}: {e.strerror or e}")
 
 
 def snapshot_fingerprint(config: PipelineConfig, inputs: dict[str, Any]) -> str:

@@ -807,13 +807,14 @@ def check_edge_file(path: str, fmt: str, src_column: str | None = None, dst_colu
         names = first if header else _positional_names(len(first))
         return choose_edge_columns(path, names, src_column, dst_column, header)
     except OSError as e:  # unreadable, or not gzip despite the .gz suffix
-        raise InputError(f"{path}: cannot read the edge file: {e}") from None
+        raise InputError(f"{path}: cannot read the edge file: {read_problem(path, e)}") from None
 
 
 def _first_text_fields(path: str) -> list[str] | None:
     """The fields of the first data line of a whitespace edge file, cleaned as the reader cleans it."""
     with _open(path) as f:
         head = f.read(1 << 16)
+    check_text(path, head)
     if len(head) == 1 << 16 and b"\n" in head:
         head = head[: head.rfind(b"\n") + 1]  # whole lines only
     block = clean_text_block(head.removeprefix(b"\xef\xbb\xbf"))
@@ -829,7 +830,7 @@ def node_table_schema(path: str) -> pa.Table:
     try:
         first = _first_data_line(path)
     except OSError as e:
-        raise InputError(f"{path}: cannot read the node table: {e}") from None
+        raise InputError(f"{path}: cannot read the node table: {read_problem(path, e)}") from None
     if first is None:
         raise InputError(f"{path}: the node table is empty")
     names = [f.strip() for f in _split_line(path, first, "," if fmt == "csv" else "\t")]
