@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from tasks.config import load_config
 from tasks.errors import InputError
-from tasks.normalize import load_stats, normalize_features
+from tasks.normalize import apply_stats, load_stats, normalize_features
 from tasks.partition import build_csr
 from tasks.structural import DENSE_MAX_NODES, resolve_structural, structural_encoding
 from tests.test_normalize import X, _snapshot
@@ -105,6 +105,8 @@ def test_normalize_stage_encodes_a_featureless_graph_and_records_it(tmp_path):
     assert stats.featureless and stats.method == "none" and stats.num_features == 4
     assert stats.structural["method"] == "spectral" and stats.structural["k"] == 2
     assert stats.encoding() == "spectral (k=2)"
+    with pytest.raises(ValueError, match="stored rows"):  # not recomputable from feature rows
+        apply_stats(np.empty((4, 0)), stats)
     manifest = json.loads((Path(ref.path) / "manifest.json").read_text())
     assert manifest["params"]["structural"] == "auto"
     assert manifest["params"]["resolved_structural"] == "spectral (k=2)"
