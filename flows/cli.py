@@ -11,7 +11,9 @@
     graphpipe demo      [--nodes 50000] [--store graphpipe-demo]
 
 A user's mistake prints one ``error:`` message (file, row or column, what was expected) and exits
-with status 2; no traceback.
+with status 2; no traceback. Inputs are checked (formats, columns) before Prefect's embedded server
+starts; if that server cannot start within its limit (:mod:`flows.startup`), one ``error:`` line
+and status 3.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,storage")
 os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "7")
 
 from flows import quiet_errors  # noqa: E402
+from flows.startup import StartupError  # noqa: E402
 from tasks.config import load_config, redact_uri  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
 from tasks.services import check_tracking_server  # noqa: E402
@@ -50,6 +53,13 @@ def _add_common(p: argparse.ArgumentParser, *, inputs: bool) -> None:
                    help="override one config key, e.g. --set train.epochs=50; repeatable")
     p.add_argument("--experiment", help="MLflow experiment (default: graphpipe)")
     p.add_argument("--progress", action="store_true", help="log progress of long stages")
+    _add_startup_timeout(p)
+
+
+def _add_startup_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server-startup-timeout", type=int, metavar="SECONDS",
+                   help="how long to wait for the embedded Prefect API server to start (default: "
+                        "$GRAPHPIPE_SERVER_STARTUP_TIMEOUT, else Prefect's own setting if you set it, else 600)")
 
 
 def build_config(args: argparse.Namespace):
@@ -88,23 +98,53 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"  to look at it: {ml['ui']}")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _start_prefect(args: argparse.Namespace):
+    """Start Prefect's embedded API server in the background (unless ``PREFECT_API_URL`` is set), with
+    graphpipe's start-up limit; call ``.wait()`` on the result before the first flow call."""
+    from flows.startup import EmbeddedServer
+
+    return EmbeddedServer(getattr(args, "server_startup_timeout", None)).begin()
+
+
+def _checked_inputs(args: argparse.Namespace, command: str):
+    """The config, with the input files checked (formats, columns) before Prefect starts."""
+    from tasks.ingest import check_inputs
+
     cfg = build_config(args)
     if not cfg.data.edges:
-        raise InputError("run needs at least one --edges FILE (or data.edges in the config file)")
-    check_tracking_server(cfg)  # before Prefect starts: a down MLflow server is one line, at once
-    from flows.pipeline import graph_pipeline
+        raise InputError(f"{command} needs at least one --edges FILE (or data.edges in the config file)")
+    check_inputs(cfg.data)
+    return cfg
 
+
+def _checked_snapshot(args: argparse.Namespace):
+    """The config, with the graph's current snapshot checked to exist before Prefect starts."""
+    from storage.store import Store
+
+    cfg = build_config(args)
+    store = Store(cfg.store)
+    if store.current_snapshot(cfg.data.name) is None:
+        raise InputError(f"no snapshot of graph {cfg.data.name!r} in store {store.root}: run `graphpipe ingest` first")
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _checked_inputs(args, "run")
+    check_tracking_server(cfg)  # before Prefect starts: a down MLflow server is one line, at once
+    server = _start_prefect(args)
+    from flows.pipeline import graph_pipeline  # imported while the server starts
+
+    server.wait()
     _print_summary(graph_pipeline(cfg))
     return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    cfg = _checked_inputs(args, "ingest")
+    server = _start_prefect(args)
     from flows.pipeline import ingest_flow
 
-    cfg = build_config(args)
-    if not cfg.data.edges:
-        raise InputError("ingest needs at least one --edges FILE (or data.edges in the config file)")
+    server.wait()
     out = ingest_flow(cfg)
     print(f"snapshot {out['fingerprint']}: {out['snapshot']}")
     print(json.dumps(_manifest_counts(out["snapshot"]), indent=2))
@@ -112,19 +152,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
+    cfg = _checked_snapshot(args)
+    server = _start_prefect(args)
     from flows.pipeline import partition_flow
 
-    out = partition_flow(build_config(args))
+    server.wait()
+    out = partition_flow(cfg)
     print(f"partition: {out['partition']}")
     print(json.dumps(_manifest_counts(out["partition"]), indent=2))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = build_config(args)
+    cfg = _checked_snapshot(args)
     check_tracking_server(cfg)
+    server = _start_prefect(args)
     from flows.pipeline import train_flow
 
+    server.wait()
     _print_summary(train_flow(cfg))
     return 0
 
@@ -139,8 +184,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a community graph and run every stage on it with the default config."""
-    from flows.pipeline import graph_pipeline
     from tasks.generate import GeneratorConfig, generate_graph
+
+    server = _start_prefect(args)
+    from flows.pipeline import graph_pipeline
 
     root = Path(args.store).resolve()
     t0 = time.perf_counter()
@@ -153,6 +200,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         base={"store": str(root), "progress": args.progress,
               "data": {"name": "demo", "edges": [str(gen.edges_path)], "nodes": str(gen.nodes_path)}},
     )
+    server.wait()
     _print_summary(graph_pipeline(cfg))
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0
@@ -188,6 +236,7 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--config", metavar="FILE")
     dp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     dp.add_argument("--progress", action="store_true")
+    _add_startup_timeout(dp)
     dp.set_defaults(fn=cmd_demo)
     return p
 
@@ -200,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"\nerror: {e}", file=sys.stderr, flush=True)
         return 2
+    except StartupError as e:
+        print(f"\nerror: {e}", file=sys.stderr, flush=True)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -32,6 +32,8 @@ from tasks.config import DataConfig, PipelineConfig
 from tasks.errors import InputError
 from tasks.readers import (
     MASK_COLUMNS,
+    check_edge_file,
+    check_feature_file,
     check_finite,
     first_true,
     column_features,
@@ -40,6 +42,7 @@ from tasks.readers import (
     file_exists,
     id_column_of,
     load_feature_file,
+    node_table_schema,
     normalize_ids,
     read_edge_file,
     read_node_table,
@@ -135,7 +138,29 @@ def ingest_counts(ref: SnapshotRef) -> dict[str, Any]:
 
 
 def input_files(data: DataConfig) -> dict[str, Any]:
-    """Every input file with its content fingerprint; InputError for a missing file or a bad combination."""
+    """Every input file with its content fingerprint; InputError for a missing file or a bad combination
+    (:func:`check_inputs` first)."""
+    check_inputs(data)
+
+    def entry(path: str, what: str) -> dict[str, str]:
+        try:
+            return {"path": path, "fingerprint": fingerprint_file(file_exists(path, what))}
+        except OSError as e:  # an I/O error
+            raise _unreadable(path, what, e) from None
+
+    return {
+        "edges": [entry(p, "edge file (data.edges)") for p in data.edges],
+        "nodes": entry(data.nodes, "node table (data.nodes)") if data.nodes else None,
+        "features": entry(data.features, "feature file (data.features)") if data.features else None,
+    }
+
+
+def check_inputs(data: DataConfig) -> None:
+    """What can be checked without reading the rows: settings that fit together, every file there and
+    readable, each edge file's format and src/dst columns, the node table's id, label, split and
+    feature columns, the feature file's kind and shape. Reads first lines and schemas only (about a
+    millisecond a file): the command line runs it before starting Prefect, ingest runs it again.
+    """
     if not data.edges:
         raise InputError("data.edges: at least one edge file is required")
     if data.nodes is None:
@@ -145,18 +170,35 @@ def input_files(data: DataConfig) -> dict[str, Any]:
                 raise InputError(f"data.{key} is set but there is no node table (data.nodes)")
     if data.feature_columns and data.features:
         raise InputError("set data.feature_columns or data.features, not both")
+    for path in data.edges:
+        check_edge_file(readable_file(path, "edge file (data.edges)"), edge_format(path, data.edge_format),
+                        data.src_column, data.dst_column)
+    if data.nodes:
+        table = node_table_schema(readable_file(data.nodes, "node table (data.nodes)"))
+        id_column_of(table, data.nodes, data.id_column)
+        label_column_of(table, data.nodes, data.label_column)
+        split_columns_of(table, data.nodes, data.split_column)
+        missing = [c for c in data.feature_columns or [] if c not in table.column_names]
+        if missing:
+            raise InputError(
+                f"{data.nodes}: feature column(s) {missing} (data.feature_columns) not found; columns found: {table.column_names}"
+            )
+    if data.features:
+        check_feature_file(readable_file(data.features, "feature file (data.features)"))
 
-    def entry(path: str, what: str) -> dict[str, str]:
-        try:
-            return {"path": path, "fingerprint": fingerprint_file(file_exists(path, what))}
-        except OSError as e:  # no permission to read it, an I/O error
-            raise InputError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
 
-    return {
-        "edges": [entry(p, "edge file (data.edges)") for p in data.edges],
-        "nodes": entry(data.nodes, "node table (data.nodes)") if data.nodes else None,
-        "features": entry(data.features, "feature file (data.features)") if data.features else None,
-    }
+def readable_file(path: str, what: str) -> str:
+    """``path`` if it is a file this process may read, else an InputError naming the setting."""
+    try:
+        with open(file_exists(path, what), "rb"):
+            pass
+    except OSError as e:  # no permission to read it
+        raise _unreadable(path, what, e) from None
+    return path
+
+
+def _unreadable(path: str, what: str, e: OSError) -> InputError:
+    return InputError(f"{path}: cannot read the {what}: {e.strerror or e}")
 
 
 def snapshot_fingerprint(config: PipelineConfig, inputs: dict[str, Any]) -> str:

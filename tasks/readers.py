@@ -354,10 +354,7 @@ def _log_rows(progress: bool, path: str, rows: int) -> None:
 
 
 def _read_parquet_edges(path: str, src_column: str | None, dst_column: str | None, progress: bool) -> EdgeColumns:
-    try:
-        pfile = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file: {e}") from None
+    pfile = _parquet_file(path)
     src, dst = choose_edge_columns(path, pfile.schema_arrow.names, src_column, dst_column)
     batches, rows = [], 0
     for batch in pfile.iter_batches(batch_size=PARQUET_BATCH, columns=[src, dst]):
@@ -369,18 +366,17 @@ def _read_parquet_edges(path: str, src_column: str | None, dst_column: str | Non
     return EdgeColumns(path, src, dst, table.column(src), table.column(dst))
 
 
+def _parquet_file(path: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file: {e}") from None
+
+
 def _read_delimited_edges(
     path: str, delimiter: str, src_column: str | None, dst_column: str | None, as_string: bool, progress: bool
 ) -> EdgeColumns:
-    first = _first_data_line(path)
-    if first is None:
-        raise _empty(path)
-    raw = _split_line(path, first, delimiter)
-    names = [f.strip() for f in raw]
-    header = _has_header(names)
-    if not header:
-        names = raw = _positional_names(len(names))
-    src, dst = choose_edge_columns(path, names, src_column, dst_column, header)
+    raw, names, header, src, dst = _delimited_edge_layout(path, delimiter, src_column, dst_column)
     columns = (raw[names.index(src)], raw[names.index(dst)])
     read = functools.partial(_stream_csv, path, delimiter, None if header else raw, columns)
     try:
@@ -395,6 +391,22 @@ def _read_delimited_edges(
     except pa.ArrowInvalid as e:
         error = _serial_error(lambda: read(pa.large_string(), False, False), e)
         raise _csv_error(path, error, int(header)) from None
+
+
+def _delimited_edge_layout(
+    path: str, delimiter: str, src_column: str | None, dst_column: str | None
+) -> tuple[list[str], list[str], bool, str, str]:
+    """From the first line of a CSV/TSV edge file: raw field names, names, whether it is a header, src, dst."""
+    first = _first_data_line(path)
+    if first is None:
+        raise _empty(path)
+    raw = _split_line(path, first, delimiter)
+    names = [f.strip() for f in raw]
+    header = _has_header(names)
+    if not header:
+        names = raw = _positional_names(len(names))
+    src, dst = choose_edge_columns(path, names, src_column, dst_column, header)
+    return raw, names, header, src, dst
 
 
 def _serial_error(run: Callable[[], object], error: Exception) -> Exception:
@@ -702,22 +714,27 @@ def _npy_problem(path: str) -> str | None:
     return None
 
 
+def _mapped_npy(path: str) -> np.ndarray:
+    """A ``.npy`` feature file memory-mapped, checked to be a 2-D numeric array (only its header is read)."""
+    problem = _npy_problem(path)
+    if problem:
+        raise InputError(f"{path}: {problem}; expected a 2-D numeric .npy array (nodes x features)")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise InputError(f"{path}: not a readable .npy array: {e}") from None
+    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"{path}: expected a 2-D numeric array (nodes x features), got {arr.dtype} {arr.shape}")
+    return arr
+
+
 def load_feature_file(path: str) -> np.ndarray | sp.csr_matrix:
     """``.npy`` -> dense float32 array; ``.npz`` (``scipy.sparse.save_npz``) -> CSR float32.
 
     Nothing is unpickled: object arrays are refused."""
     name = str(path).lower()
     if name.endswith(".npy"):
-        problem = _npy_problem(path)
-        if problem:
-            raise InputError(f"{path}: {problem}; expected a 2-D numeric .npy array (nodes x features)")
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise InputError(f"{path}: not a readable .npy array: {e}") from None
-        if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise InputError(f"{path}: expected a 2-D numeric array (nodes x features), got {arr.dtype} {arr.shape}")
-        return np.array(arr, dtype=np.float32)
+        return np.array(_mapped_npy(path), dtype=np.float32)
     if name.endswith(".npz"):
         if not zipfile.is_zipfile(path):
             raise InputError(f"{path}: not an .npz (zip) archive; expected a scipy sparse matrix saved with scipy.sparse.save_npz")
@@ -768,3 +785,69 @@ def file_exists(path: str, what: str) -> str:
             raise InputError(f"{path}: {what} is not a regular file (a device, socket or pipe); expected a file")
         raise InputError(f"{path}: {what} not found")
     return str(path)
+
+
+# -- checks before a run: the first line or the schema only ------------------------------------
+# What the readers above check first (the file can be opened, the format is readable, the columns
+# are there), without reading the rows: the command line runs these before it starts Prefect, so a
+# malformed input is rejected in seconds, and ingest runs them again through the same functions.
+
+
+def check_edge_file(path: str, fmt: str, src_column: str | None = None, dst_column: str | None = None) -> tuple[str, str]:
+    """The (src, dst) columns of an edge file from its first line or schema; InputError as the reader gives."""
+    try:
+        if fmt == "parquet":
+            return choose_edge_columns(path, _parquet_file(path).schema_arrow.names, src_column, dst_column)
+        if fmt in ("csv", "tsv"):
+            return _delimited_edge_layout(path, "," if fmt == "csv" else "\t", src_column, dst_column)[3:]
+        first = _first_text_fields(path)
+        if first is None:
+            raise _empty(path)
+        header = _has_header(first)
+        names = first if header else _positional_names(len(first))
+        return choose_edge_columns(path, names, src_column, dst_column, header)
+    except OSError as e:  # unreadable, or not gzip despite the .gz suffix
+        raise InputError(f"{path}: cannot read the edge file: {read_problem(path, e)}") from None
+
+
+def _first_text_fields(path: str) -> list[str] | None:
+    """The fields of the first data line of a whitespace edge file, cleaned as the reader cleans it."""
+    with _open(path) as f:
+        head = f.read(1 << 16)
+    check_text(path, head)
+    if len(head) == 1 << 16 and b"\n" in head:
+        head = head[: head.rfind(b"\n") + 1]  # whole lines only
+    block = clean_text_block(head.removeprefix(b"\xef\xbb\xbf"))
+    first = block.partition(b"\n")[0]
+    return first.decode("utf-8", "replace").split(" ") if first else None
+
+
+def node_table_schema(path: str) -> pa.Table:
+    """The node table's columns as an empty table (Parquet schema or the CSV/TSV header line)."""
+    fmt = _table_format(path)
+    if fmt == "parquet":
+        return _parquet_file(path).schema_arrow.empty_table()
+    try:
+        first = _first_data_line(path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the node table: {read_problem(path, e)}") from None
+    if first is None:
+        raise InputError(f"{path}: the node table is empty")
+    names = [f.strip() for f in _split_line(path, first, "," if fmt == "csv" else "\t")]
+    return pa.schema([(n, pa.large_string()) for n in names]).empty_table()
+
+
+def check_feature_file(path: str) -> None:
+    """A feature file's kind and, for ``.npy``, its header (2-D, numeric); the values are read at ingest."""
+    name = str(path).lower()
+    if name.endswith(".npy"):
+        _mapped_npy(path)
+        return
+    if name.endswith(".npz"):
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise InputError(f"{path}: not a scipy sparse matrix saved with scipy.sparse.save_npz: {e}") from None
+        return
+    raise InputError(f"{path}: a feature file must be .npy (dense) or .npz (scipy sparse)")

@@ -307,7 +307,8 @@ def _example_inputs(node_data: NodeDataRef, snapshot: SnapshotRef) -> tuple[torc
     keep = (rows < len(nodes)) & (col < len(nodes))
     snapshot_ids = np.asarray(graph.perm)[nodes]
     raw = read_feature_rows(snapshot.path, snapshot_ids)
-    x = raw if raw is not None else np.ones((len(nodes), 1), np.float32)
+    # no raw features: the model's input is the stored encoding (structural or constant)
+    x = raw if raw is not None else np.asarray(graph.x[nodes])
     x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
     edge_index = np.stack([col[keep], rows[keep]]).astype(np.int64)
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(edge_index)
@@ -403,7 +404,7 @@ def log_results(
     mlflow.set_registry_uri(run.tracking_uri)
     ts = int(time.time() * 1000)
     client.log_batch(run.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in evaluation.metrics.items() if np.isfinite(v)])
-    log_tags(run, extra_tags or {})
+    log_tags(run, {"graphpipe.input_encoding": stats.encoding(), **(extra_tags or {})})
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         (t / "plots").mkdir()
