@@ -90,6 +90,9 @@ class NormalizeConfig(_Section):
     """
 
     method: Literal["auto", "row", "standard", "none"] = "auto"
+    # features with fewer non-zeros than this fraction are kept sparse (CSR) through the first
+    # layer; 0 keeps every feature matrix dense
+    sparse_below: float = Field(default=0.1, ge=0, le=1)
 
 
 class PartitionConfig(_Section):

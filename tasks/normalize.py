@@ -12,6 +12,13 @@ Methods (``normalize.method``):
 
 A featureless graph gets one constant feature (1.0 for every node), so structure-only training
 still runs.
+
+Sparse features (bag-of-words: fewer than ``normalize.sparse_below`` of the entries non-zero) are
+written as CSR (``x_indptr``/``x_indices``/``x_data``/``x_shape`` ``.npy``) instead of a dense
+``x.npy`` and stay sparse through the model's first layer. ``row`` and ``none`` keep zeros zero.
+``standard`` would not, so the CSR holds ``x / std`` and ``x_shift.npy`` holds ``mean / std``: the
+normalized features are ``x / std - mean / std``, and the first layer computes
+``(x / std) W - (mean / std) W`` without ever building the dense matrix.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from tasks.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-FORMAT = "normalize-v1"
+FORMAT = "normalize-v2"
 STATS = "stats.json"
 _CHUNK_ROWS = 1 << 18
 
@@ -47,6 +54,7 @@ class NormalizationStats:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     featureless: bool = False
+    sparse: bool = False  # written as CSR (see the module docstring)
 
     def to_json(self) -> dict:
         return {
@@ -55,6 +63,7 @@ class NormalizationStats:
             "mean": self.mean,
             "std": self.std,
             "featureless": self.featureless,
+            "sparse": self.sparse,
         }
 
     @classmethod
@@ -73,7 +82,16 @@ def resolve_method(method: str, x: Features) -> str:
 def fit_stats(x: Features, method: str, train_rows: np.ndarray) -> NormalizationStats:
     """Compute the statistics of ``method`` (``standard`` uses ``train_rows`` only)."""
     stats = NormalizationStats(method=method, num_features=int(x.shape[1]))
-    if method == "standard":
+    if method == "standard" and sp.issparse(x):
+        rows = train_rows if len(train_rows) else np.arange(x.shape[0])
+        sub = sp.csr_matrix(x)[rows].astype(np.float64)
+        n = max(len(rows), 1)
+        mean = np.asarray(sub.sum(axis=0)).ravel() / n
+        var = np.maximum(np.asarray(sub.multiply(sub).sum(axis=0)).ravel() / n - np.square(mean), 0.0)
+        std = np.sqrt(var)
+        std[std <= 1e-12 * np.maximum(np.abs(mean), 1.0)] = 1.0
+        stats.mean, stats.std = mean.tolist(), std.tolist()
+    elif method == "standard":
         rows = train_rows if len(train_rows) else np.arange(x.shape[0])
 
         def chunks() -> Iterator[np.ndarray]:  # float64 rows, _CHUNK_ROWS at a time: no full-size copies
@@ -112,6 +130,34 @@ def apply_stats(x: Features, stats: NormalizationStats) -> np.ndarray:
     return dense.astype(np.float32, copy=False)
 
 
+def density(x: Features) -> float:
+    """Fraction of non-zero entries."""
+    size = x.shape[0] * x.shape[1]
+    if size == 0:
+        return 1.0
+    nnz = sp.csr_matrix(x).count_nonzero() if sp.issparse(x) else int(np.count_nonzero(x))
+    return nnz / size
+
+
+def sparse_normalized(x: Features, stats: NormalizationStats) -> tuple[sp.csr_matrix, np.ndarray | None]:
+    """``(csr, shift)``: the normalized features are ``csr - shift`` (``shift`` only for
+    ``standard``: ``mean / std``; ``csr`` holds ``x / std`` then)."""
+    csr = sp.csr_matrix(x, dtype=np.float32, copy=True)
+    csr.sum_duplicates()
+    csr.eliminate_zeros()
+    csr.sort_indices()
+    shift = None
+    if stats.method == "row":
+        sums = np.asarray(abs(csr).sum(axis=1), dtype=np.float64).ravel()
+        scale = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
+        csr.data = (csr.data * np.repeat(scale, np.diff(csr.indptr))).astype(np.float32)
+    elif stats.method == "standard":
+        mean, std = np.asarray(stats.mean), np.asarray(stats.std)
+        csr.data = (csr.data / std[csr.indices]).astype(np.float32)
+        shift = (mean / std).astype(np.float32)
+    return csr, shift
+
+
 def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> FeaturesRef:
     """Normalize the snapshot's features into ``features/<fp>/x.npy`` (cached by fingerprint)."""
     store = Store(config.store)
@@ -131,7 +177,10 @@ def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> Feature
     else:
         method = resolve_method(config.normalize.method, x)
         stats = fit_stats(x, method, np.flatnonzero(split == SPLIT_TRAIN))
+        stats.sparse = density(x) < config.normalize.sparse_below
 
+    if stats.sparse:
+        return _publish_sparse(out, fp, x, stats, snapshot, config, num_nodes)
     with publish_dir(out) as tmp:
         width = 1 if stats.featureless else stats.num_features
         target = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(num_nodes, width))
@@ -159,6 +208,36 @@ def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> Feature
     return FeaturesRef(path=str(out), fingerprint=fp, method=stats.method)
 
 
+def _publish_sparse(out: Path, fp: str, x: Features, stats: NormalizationStats, snapshot: SnapshotRef,
+                    config: PipelineConfig, num_nodes: int) -> FeaturesRef:
+    """Write sparse normalized features as CSR (see the module docstring)."""
+    from storage.arrays import write_csr
+
+    csr, shift = sparse_normalized(x, stats)
+    if not np.isfinite(csr.data).all():
+        raise ValueError(f"normalization produced non-finite values from {snapshot.path}")
+    with publish_dir(out) as tmp:
+        files = write_csr(tmp, csr.indptr, csr.indices, csr.data, csr.shape)
+        if shift is not None:
+            np.save(tmp / "x_shift.npy", shift)
+            files.append("x_shift.npy")
+        write_json(tmp / STATS, stats.to_json())
+        write_manifest(
+            tmp,
+            make_manifest(
+                "features",
+                fp,
+                params=config.normalize.model_dump(mode="json") | {"resolved_method": stats.method, "sparse": True},
+                inputs={"snapshot": snapshot.fingerprint},
+                counts={"num_nodes": num_nodes, "num_features": stats.num_features, "nnz": int(csr.nnz)},
+                files=[*files, STATS],
+            ),
+        )
+    log.info("normalize: %s features of %d nodes -> %s (sparse: %d non-zeros, %.2f%%)", stats.method, num_nodes,
+             out, csr.nnz, 100 * csr.nnz / max(num_nodes * stats.num_features, 1))
+    return FeaturesRef(path=str(out), fingerprint=fp, method=stats.method)
+
+
 def load_stats(features: FeaturesRef) -> NormalizationStats:
     return NormalizationStats.from_json(read_json(Path(features.path) / STATS))
 
@@ -166,6 +245,8 @@ def load_stats(features: FeaturesRef) -> NormalizationStats:
 __all__ = [
     "NormalizationStats",
     "apply_stats",
+    "density",
+    "sparse_normalized",
     "fit_stats",
     "load_stats",
     "normalize_features",
