@@ -89,7 +89,7 @@ class NormalizeConfig(_Section):
     when every feature is non-negative (bag-of-words style), else ``standard``.
     """
 
-    method: Literal["auto", "row", "standard", "none"] = "auto"
+    method: Literal["auto", "row", "l2", "standard", "none"] = "auto"
     # features with fewer non-zeros than this fraction are kept sparse (CSR) through the first
     # layer; 0 keeps every feature matrix dense
     sparse_below: float = Field(default=0.1, ge=0, le=1)

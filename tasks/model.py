@@ -178,6 +178,8 @@ class EdgeIndexPredictor(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "row":
             return x / x.abs().sum(dim=1, keepdim=True).clamp(min=1e-30)
+        if self.method == "l2":
+            return x / x.square().sum(dim=1, keepdim=True).sqrt().clamp(min=1e-30)
         if self.method == "standard":
             return (x - self.mean) / self.std
         return x

@@ -5,6 +5,9 @@ Methods (``normalize.method``):
 - ``row``: ``x_i <- x_i / sum_j |x_ij|``; rows whose sum is zero stay zero. On non-negative
   features this equals PyG's ``NormalizeFeatures`` (which also subtracts the global minimum, zero
   for such features) and the Cluster-GCN tutorial's preprocessing.
+- ``l2``: ``x_i <- x_i / ||x_i||_2``; rows whose norm is zero stay zero. Unlike ``row``, the first
+  layer's pre-activations keep the same scale whatever the number of non-zeros in a row (a row of
+  ``k`` equal words has entries ``1/sqrt(k)``, not ``1/k``).
 - ``standard``: ``x_ij <- (x_ij - mean_j) / std_j`` with ``mean`` and ``std`` over the training
   nodes (all nodes when there are none); ``std_j = 0`` is replaced by 1.
 - ``none``: unchanged.
@@ -114,13 +117,17 @@ def apply_stats(x: Features, stats: NormalizationStats) -> np.ndarray:
         return np.ones((x.shape[0], 1), dtype=np.float32)
     if x.shape[1] != stats.num_features:
         raise ValueError(f"expected {stats.num_features} features, got {x.shape[1]}")
-    if stats.method == "row":
+    if stats.method in ("row", "l2"):
         if sp.issparse(x):
-            sums = np.asarray(abs(x).sum(axis=1)).ravel()
+            sums = np.asarray(abs(x).sum(axis=1) if stats.method == "row"
+                              else np.sqrt(x.multiply(x).sum(axis=1))).ravel()
             scale = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
             return np.asarray(sp.diags(scale.astype(np.float32)) @ x.toarray(), dtype=np.float32)
         x = np.asarray(x, dtype=np.float32)
-        sums = np.abs(x).sum(axis=1, keepdims=True)
+        if stats.method == "row":
+            sums = np.abs(x).sum(axis=1, keepdims=True)
+        else:
+            sums = np.sqrt(np.square(x, dtype=np.float64).sum(axis=1, keepdims=True)).astype(np.float32)
         return np.divide(x, sums, out=np.zeros_like(x), where=sums > 0)
     dense = x.toarray() if sp.issparse(x) else np.asarray(x)
     if stats.method == "standard":
@@ -147,8 +154,9 @@ def sparse_normalized(x: Features, stats: NormalizationStats) -> tuple[sp.csr_ma
     csr.eliminate_zeros()
     csr.sort_indices()
     shift = None
-    if stats.method == "row":
-        sums = np.asarray(abs(csr).sum(axis=1), dtype=np.float64).ravel()
+    if stats.method in ("row", "l2"):
+        sq = csr.multiply(csr).sum(axis=1)
+        sums = np.asarray(abs(csr).sum(axis=1) if stats.method == "row" else np.sqrt(sq), dtype=np.float64).ravel()
         scale = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
         csr.data = (csr.data * np.repeat(scale, np.diff(csr.indptr))).astype(np.float32)
     elif stats.method == "standard":

@@ -95,6 +95,8 @@ def test_predictor_applies_saved_normalization():
     row = raw / raw.sum(dim=1, keepdim=True)
     ei = _edge_index(graph)
     torch.testing.assert_close(EdgeIndexPredictor(model, "row")(raw, ei), EdgeIndexPredictor(model, "none")(row, ei))
+    l2 = raw / raw.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(EdgeIndexPredictor(model, "l2")(raw, ei), EdgeIndexPredictor(model, "none")(l2, ei))
     mean, std = raw.mean(0), raw.std(0)
     std_pred = EdgeIndexPredictor(model, "standard", mean, std)(raw, ei)
     torch.testing.assert_close(std_pred, EdgeIndexPredictor(model, "none")((raw - mean) / std, ei))

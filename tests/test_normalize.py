@@ -97,7 +97,15 @@ def test_standard_statistics_in_chunks_equal_numpy(monkeypatch):
     np.testing.assert_allclose(stats.std, ref.std(axis=0), rtol=1e-9)
 
 
-@pytest.mark.parametrize("method", ["row", "standard", "none"])
+def test_l2_normalization_exact(tmp_path):
+    ref = normalize_features(_snapshot(tmp_path, np.abs(X)), _cfg(tmp_path, "l2"))
+    x = np.load(Path(ref.path) / "x.npy")
+    np.testing.assert_allclose(x[0], np.array([1.0, 3.0, 0.0]) / np.sqrt(10), rtol=1e-6)
+    np.testing.assert_array_equal(x[1], [0, 0, 0])  # zero row stays zero
+    np.testing.assert_allclose(np.linalg.norm(x[[0, 2, 3]], axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["row", "l2", "standard", "none"])
 def test_sparse_features_are_written_as_csr_equal_to_the_dense_normalization(tmp_path, method):
     """Below ``sparse_below`` density the features stay CSR; CSR minus the shift (standard only)
     equals the dense normalization of the same features."""
