@@ -75,6 +75,21 @@ CANDIDATES: dict[str, dict] = {
     "none_wd5e-5": {"normalize.method": "none", "train.weight_decay": 5e-5},
     "none_h256": {"normalize.method": "none", "train.hidden": 256},
 }
+#: one change at a time against the chosen defaults (``auto`` normalization: l2 / standard)
+VARIANTS: dict[str, dict] = {
+    "lr005": {"train.lr": 0.005},
+    "lr02": {"train.lr": 0.02},
+    "wd5e-5": {"train.weight_decay": 5e-5},
+    "wd5e-3": {"train.weight_decay": 5e-3},
+    "h64": {"train.hidden": 64},
+    "h256": {"train.hidden": 256},
+    "do03": {"train.dropout": 0.3},
+    "do07": {"train.dropout": 0.7},
+    "batch2k": {"train.target_batch_nodes": 2000},
+    "batch10k": {"train.target_batch_nodes": 10000},
+}
+CANDIDATES["auto"] = {"normalize.method": "auto"}
+CANDIDATES.update({f"auto_{k}": {"normalize.method": "auto", **v} for k, v in VARIANTS.items()})
 SMOKE = {"graphs": ["cora"], "candidates": ["standard", "none"], "epochs": 3}
 
 

@@ -84,9 +84,10 @@ class NormalizeConfig(_Section):
     """Feature normalization.
 
     ``row``: ``x_i / sum_j |x_ij|`` (rows summing to zero stay zero); equal to PyG's
-    ``NormalizeFeatures`` on non-negative features. ``standard``: ``(x - mean) / std`` per column
-    with mean and std from the training nodes (std 0 -> 1). ``none``: unchanged. ``auto``: ``row``
-    when every feature is non-negative (bag-of-words style), else ``standard``.
+    ``NormalizeFeatures`` on non-negative features. ``l2``: ``x_i / ||x_i||_2``. ``standard``:
+    ``(x - mean) / std`` per column with mean and std from the training nodes (std 0 -> 1).
+    ``none``: unchanged. ``auto``: ``l2`` when every feature is non-negative (bag-of-words style),
+    else ``standard`` (chosen on a table of graphs: docs/defaults.md).
     """
 
     method: Literal["auto", "row", "l2", "standard", "none"] = "auto"

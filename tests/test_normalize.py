@@ -54,9 +54,9 @@ def test_standard_uses_training_rows_only_and_is_saved(tmp_path):
 
 
 def test_auto_and_none(tmp_path):
-    assert resolve_method("auto", np.abs(X)) == "row"
+    assert resolve_method("auto", np.abs(X)) == "l2"
     assert resolve_method("auto", X) == "standard"
-    assert resolve_method("auto", sp.csr_matrix(np.abs(X))) == "row"
+    assert resolve_method("auto", sp.csr_matrix(np.abs(X))) == "l2"
     ref = normalize_features(_snapshot(tmp_path, X), _cfg(tmp_path, "none"))
     np.testing.assert_array_equal(np.load(Path(ref.path) / "x.npy"), X)
 
