@@ -119,11 +119,11 @@ class TrainConfig(_Section):
     dropout: float = Field(default=0.5, ge=0, lt=1)
     lr: float = Field(default=0.01, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
-    epochs: int = Field(default=100, ge=1)
+    epochs: int = Field(default=200, ge=1)  # at most; early stopping after `patience` (docs/defaults.md)
     clusters_per_batch: int | Literal["auto"] = "auto"
     target_batch_nodes: int = Field(default=5000, ge=1)
     eval_every: int = Field(default=1, ge=1)
-    patience: int | None = Field(default=None, ge=1)
+    patience: int | None = Field(default=50, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prefetch: int = Field(default=2, ge=0)
