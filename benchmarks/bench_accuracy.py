@@ -166,6 +166,43 @@ def _fullbatch_features(gp: dict, which: str):
     return torch.from_numpy(np.load(node_dir / "x.npy"))
 
 
+def sparse_input(model, p: float):
+    """The same full-batch PyG GCN taking sparse CSR features: input dropout on the stored entries
+    and the first ``GCNConv``'s linear map as a sparse-dense product (same math as dense, much
+    faster on Coauthor CS's 6,805 word counts with 0.9% non-zeros)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from tasks.model import dropout
+
+    class SparseLinear(nn.Module):
+        def __init__(self, lin):
+            super().__init__()
+            self.weight, self.bias = lin.weight, lin.bias
+
+        def forward(self, x):
+            out = torch.sparse.mm(x, self.weight.t()) if x.layout == torch.sparse_csr else F.linear(x, self.weight)
+            return out if self.bias is None else out + self.bias
+
+    class SparseInputGCN(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.convs = inner.convs
+            self.convs[0].lin = SparseLinear(self.convs[0].lin)
+            self.dropout = p
+
+        def forward(self, x, adj):
+            for i, conv in enumerate(self.convs):
+                x = dropout(x, self.dropout, self.training) if i == 0 else F.dropout(x, self.dropout, self.training)
+                x = conv(x, adj)
+                if i < len(self.convs) - 1:
+                    x = F.relu(x)
+            return x
+
+    return SparseInputGCN(model)
+
+
 def side_fullbatch(p: dict) -> dict:
     """Full-batch 2-layer PyG GCN on graphpipe's node data of each seed, raw or normalized features."""
     import numpy as np
@@ -199,6 +236,8 @@ def side_fullbatch(p: dict) -> dict:
 
         torch.manual_seed(seed)
         model = B.pyg_gcn([x.size(1), hp["hidden"], num_classes], hp["dropout"], cached=True)
+        if float((x != 0).float().mean()) < 0.1:  # bag-of-words: the same model, its input kept sparse
+            model, x = sparse_input(model, hp["dropout"]), x.to_sparse_csr()
         opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         best = {"val": -1.0, "epoch": 0}
         vals = []
