@@ -214,8 +214,8 @@ def main() -> None:
     B.say(f"bench_defaults: graphs {graphs}; candidates {candidates}; seeds {seeds}; budget {BUDGET}; "
           f"machine {B.machine()}")
     t_all = time.perf_counter()
-    for g in graphs:
-        for c in candidates:
+    for c in candidates:  # candidate by candidate: a partial run still compares whole rows
+        for g in graphs:
             for s in seeds:
                 key = f"{g}|{c}|{s}"
                 if key in results:
