@@ -163,6 +163,24 @@ class CSRRows:
         """The whole matrix, dense (small graphs and tests only)."""
         return self.rows(0, self.shape[0]).toarray()
 
+    def __getitem__(self, key) -> np.ndarray:
+        """Rows as a dense float32 array, like a dense ``x``: ``x[a:b]`` (step 1) or ``x[rows]`` for
+        an integer array, so code that reads rows of dense features also works on sparse ones."""
+        if isinstance(key, slice):
+            a, b, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("CSRRows supports row slices with step 1 only")
+            return self.rows(a, max(a, b)).toarray()
+        rows = np.asarray(key, dtype=np.int64).reshape(-1)
+        out = self.row_ranges([(int(r), int(r) + 1) for r in rows]) if len(rows) else None
+        import scipy.sparse as sp
+
+        if out is None:
+            return np.zeros((0, self.shape[1]), dtype=np.float32)
+        ptr, col, val = out
+        dense = sp.csr_matrix((val, col, ptr), shape=(len(rows), self.shape[1])).toarray()
+        return dense[0] if np.ndim(key) == 0 else dense
+
 
 def write_csr(directory: str | os.PathLike, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
               shape: tuple[int, int]) -> list[str]:

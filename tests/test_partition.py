@@ -507,5 +507,8 @@ def test_layout_of_sparse_features_permutes_csr_rows(tmp_path, monkeypatch):
     assert not (Path(nd.path) / "x.npy").exists()
     np.testing.assert_array_equal(g.x.toarray(), x.toarray()[perm])
     np.testing.assert_array_equal(g.x.rows(10, 20).toarray(), x.toarray()[perm][10:20])
+    np.testing.assert_array_equal(g.x[10:20], x.toarray()[perm][10:20])  # reads like dense rows
+    np.testing.assert_array_equal(g.x[np.array([7, 3, 7])], x.toarray()[perm][[7, 3, 7]])
+    np.testing.assert_array_equal(g.x[5], x.toarray()[perm][5])
     np.testing.assert_array_equal(g.x_shift, shift)
     assert read_manifest(nd.path)["counts"]["feature_nnz"] == x.nnz
