@@ -10,7 +10,11 @@ layer: its linear map is one sparse-dense product ``x @ W^T`` (``torch.sparse.mm
 propagation runs as for dense input. For standardized sparse features the stored ``x`` is
 ``raw / std`` and the model holds ``input_shift = mean / std``, so the first layer computes
 ``(raw / std - mean / std) W^T = x W^T - input_shift W^T``: the constant row is folded in after
-the product, before the propagation, which gives exactly the dense layer's output.
+the product, before the propagation, which gives exactly the dense layer's output. Input dropout
+drops stored entries (zeros stay zeros, exactly as dense dropout on ``row``/``l2``/``none``
+features); with ``standard`` the shift is not dropped, a milder regularizer than dropping dense
+standardized entries (``auto`` picks ``standard`` only for features with negative values, which are
+rarely sparse).
 """
 
 from __future__ import annotations
@@ -127,6 +131,7 @@ class GNN(nn.Module):
             if conv.root_weight:
                 out = out + self.project(conv.lin_r, x)[:rows]
         return out if i == self.num_layers - 1 else F.relu(out)
+
     @property
     def num_layers(self) -> int:
         return len(self.convs)
