@@ -11,6 +11,11 @@ A partition directory (``partitions/<fp>/``) holds the graph's structure in clus
 
 A node-data directory (``node_data/<fp>/``) holds the nodes' data in the same order:
 ``x.npy`` (float32, N x d, normalized), ``y.npy`` (int64, -1 = unlabeled), ``split.npy`` (int8).
+Sparse features (bag-of-words, density below ``normalize.sparse_below``) are kept as CSR instead of
+``x.npy``: ``x_indptr.npy`` (int64, N+1), ``x_indices.npy`` (int32), ``x_data.npy`` (float32), and
+``x_shape.npy`` (int64, ``[N, d]``); with ``standard`` normalization also ``x_shift.npy`` (float32,
+d): the normalized features are then ``x - x_shift`` (``x`` holds ``raw / std``, ``x_shift`` is
+``mean / std``), which the model's first layer folds into a constant row (see :mod:`tasks.model`).
 
 Memory: the arrays are memory-mapped, so a process reads only the pages it touches; but touched
 pages stay mapped, and the kernel counts them in the process's RSS until it unmaps them. Training
@@ -112,6 +117,95 @@ def release_pages(*maps: Mapping | None) -> None:
             m.release()
 
 
+SPARSE_X = ("x_indptr", "x_indices", "x_data")
+
+
+class CSRRows:
+    """A CSR matrix over memory-mapped ``indptr``/``indices``/``data`` arrays: row slices are read
+    (copied) on demand, so only the touched rows' pages are resident."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape: tuple[int, int]):
+        self.indptr, self.indices, self.data = indptr, indices, data
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1]) if len(self.indptr) else 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def row_ranges(self, ranges: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(indptr, indices, data)`` of the rows of the concatenated ranges ``[a, b)`` (copies;
+        ``indptr`` starts at 0, ``indices`` int64)."""
+        ptrs, cols, vals, base = [np.zeros(1, dtype=np.int64)], [], [], 0
+        for a, b in ranges:
+            ptr = np.asarray(self.indptr[a : b + 1], dtype=np.int64)
+            lo, hi = int(ptr[0]), int(ptr[-1])
+            ptrs.append(ptr[1:] - lo + base)
+            cols.append(np.asarray(self.indices[lo:hi], dtype=np.int64))
+            vals.append(np.asarray(self.data[lo:hi], dtype=np.float32))
+            base += hi - lo
+        empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return (np.concatenate(ptrs), np.concatenate(cols) if cols else empty_i,
+                np.concatenate(vals) if vals else empty_f)
+
+    def rows(self, a: int, b: int):
+        """Rows ``[a, b)`` as a scipy CSR matrix (a copy)."""
+        import scipy.sparse as sp
+
+        ptr, col, val = self.row_ranges([(a, b)])
+        return sp.csr_matrix((val, col, ptr), shape=(b - a, self.shape[1]))
+
+    def toarray(self) -> np.ndarray:
+        """The whole matrix, dense (small graphs and tests only)."""
+        return self.rows(0, self.shape[0]).toarray()
+
+    def __getitem__(self, key) -> np.ndarray:
+        """Rows as a dense float32 array, like a dense ``x``: ``x[a:b]`` (step 1) or ``x[rows]`` for
+        an integer array, so code that reads rows of dense features also works on sparse ones."""
+        if isinstance(key, slice):
+            a, b, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("CSRRows supports row slices with step 1 only")
+            return self.rows(a, max(a, b)).toarray()
+        rows = np.asarray(key, dtype=np.int64).reshape(-1)
+        out = self.row_ranges([(int(r), int(r) + 1) for r in rows]) if len(rows) else None
+        import scipy.sparse as sp
+
+        if out is None:
+            return np.zeros((0, self.shape[1]), dtype=np.float32)
+        ptr, col, val = out
+        dense = sp.csr_matrix((val, col, ptr), shape=(len(rows), self.shape[1])).toarray()
+        return dense[0] if np.ndim(key) == 0 else dense
+
+
+def write_csr(directory: str | os.PathLike, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+              shape: tuple[int, int]) -> list[str]:
+    """Write the ``x_*`` CSR files of sparse features (see the module docstring)."""
+    return write_arrays(directory, x_indptr=np.asarray(indptr, dtype=np.int64),
+                        x_indices=np.asarray(indices, dtype=np.int32), x_data=np.asarray(data, dtype=np.float32),
+                        x_shape=np.asarray(shape, dtype=np.int64))
+
+
+def has_sparse_x(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds features as CSR (``x_indptr.npy``) rather than ``x.npy``."""
+    return (Path(directory) / "x_indptr.npy").exists()
+
+
+def open_csr(directory: str | os.PathLike, maps: dict | None = None) -> CSRRows:
+    """The ``x_*`` CSR files of ``directory``, memory-mapped (their maps added to ``maps``)."""
+    arrays = {}
+    for name in SPARSE_X:
+        arrays[name], mapping = map_array(Path(directory) / f"{name}.npy")
+        if mapping is not None and maps is not None:
+            maps[name] = mapping
+    shape = tuple(np.load(Path(directory) / "x_shape.npy").tolist())
+    return CSRRows(arrays["x_indptr"], arrays["x_indices"], arrays["x_data"], shape)
+
+
 @dataclass
 class ClusterGraph:
     """The partitioned graph, memory-mapped: training reads only the rows of its batches."""
@@ -125,6 +219,12 @@ class ClusterGraph:
     y: np.ndarray
     split: np.ndarray
     maps: dict[str, Mapping] = field(default_factory=dict, repr=False)
+    x_shift: np.ndarray | None = None  # sparse standardized features: normalized = x - x_shift
+
+    @property
+    def sparse_x(self) -> bool:
+        """Whether ``x`` is a :class:`CSRRows` (features kept sparse) rather than a dense array."""
+        return isinstance(self.x, CSRRows)
 
     def release(self) -> None:
         """Drop the pages of the mapped arrays from this process's resident memory (see the module
@@ -146,10 +246,17 @@ class ClusterGraph:
     @classmethod
     def open(cls, partition_dir: str | os.PathLike, node_data_dir: str | os.PathLike) -> ClusterGraph:
         arrays, maps = {}, {}
+        sparse = has_sparse_x(node_data_dir)
         for directory, names in ((partition_dir, ("node_cluster", "indptr", "indices", "perm")),
-                                 (node_data_dir, ("x", "y", "split"))):
+                                 (node_data_dir, ("y", "split") if sparse else ("x", "y", "split"))):
             for name in names:
                 arrays[name], mapping = map_array(Path(directory) / f"{name}.npy")
                 if mapping is not None:
                     maps[name] = mapping
-        return cls(cluster_ptr=open_array(partition_dir, "cluster_ptr", mmap=False), maps=maps, **arrays)
+        shift = None
+        if sparse:
+            arrays["x"] = open_csr(node_data_dir, maps)
+            if (Path(node_data_dir) / "x_shift.npy").exists():
+                shift = np.load(Path(node_data_dir) / "x_shift.npy")
+        return cls(cluster_ptr=open_array(partition_dir, "cluster_ptr", mmap=False), maps=maps, x_shift=shift,
+                   **arrays)

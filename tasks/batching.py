@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from storage.arrays import ClusterGraph
+from storage.arrays import ClusterGraph, CSRRows
 from storage.snapshot import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
 
 Kind = Literal["gcn", "sage"]
@@ -34,7 +34,7 @@ class Batch:
     """One training mini-batch in local ids ``0..n-1`` (``nodes[i]`` is the global id of ``i``)."""
 
     nodes: np.ndarray
-    x: torch.Tensor
+    x: torch.Tensor  # dense (n, d), or sparse CSR (n, d) when the graph keeps its features sparse
     y: torch.Tensor
     train_mask: torch.Tensor
     adj: torch.Tensor  # sparse CSR (n, n)
@@ -152,22 +152,33 @@ def normalized_adjacency(crow: np.ndarray, col: np.ndarray, kind: Kind) -> torch
 
 def batch_arrays(graph: ClusterGraph, clusters: np.ndarray, kind: Kind) -> dict[str, np.ndarray | int]:
     """The batch of ``clusters`` as plain numpy arrays (what a worker process sends back):
-    ``nodes``, ``x``, ``y``, ``train_mask``, the normalized adjacency's ``crow``/``col``/``values``
+    ``nodes``, ``x`` (dense features) or ``x_crow``/``x_col``/``x_val``/``x_dim`` (sparse
+    features, CSR), ``y``, ``train_mask``, the normalized adjacency's ``crow``/``col``/``values``
     and ``num_edges``."""
     clusters = np.sort(np.asarray(clusters, dtype=np.int64))
     nodes, crow, col = batch_subgraph(graph, clusters)
     ranges = list(zip(graph.cluster_ptr[clusters].tolist(), graph.cluster_ptr[clusters + 1].tolist()))
-    x, y, split = (np.concatenate([np.asarray(arr[a:b]) for a, b in ranges]) for arr in (graph.x, graph.y, graph.split))
+    y, split = (np.concatenate([np.asarray(arr[a:b]) for a, b in ranges]) for arr in (graph.y, graph.split))
+    if isinstance(graph.x, CSRRows):
+        x_crow, x_col, x_val = graph.x.row_ranges(ranges)
+        feats: dict[str, np.ndarray | int] = {"x_crow": x_crow, "x_col": x_col, "x_val": x_val, "x_dim": graph.x.shape[1]}
+    else:
+        x = np.concatenate([np.asarray(graph.x[a:b]) for a, b in ranges])
+        feats = {"x": np.ascontiguousarray(x, dtype=np.float32)}
     acrow, acol, values = normalized_adjacency_arrays(crow, col, kind)
-    return {"nodes": nodes, "x": np.ascontiguousarray(x, dtype=np.float32), "y": y.astype(np.int64, copy=False),
+    return {"nodes": nodes, **feats, "y": y.astype(np.int64, copy=False),
             "train_mask": split == SPLIT_TRAIN, "crow": acrow, "col": acol, "values": values, "num_edges": len(col)}
 
 
 def batch_from_arrays(a: dict[str, np.ndarray | int]) -> Batch:
     n = len(a["nodes"])
+    if "x_crow" in a:
+        x = sparse_csr(a["x_crow"], a["x_col"], a["x_val"], (n, int(a["x_dim"])))
+    else:
+        x = torch.from_numpy(a["x"])
     return Batch(
         nodes=a["nodes"],
-        x=torch.from_numpy(a["x"]),
+        x=x,
         y=torch.from_numpy(a["y"]),
         train_mask=torch.from_numpy(a["train_mask"]),
         adj=sparse_csr(a["crow"], a["col"], a["values"], (n, n)),

@@ -130,12 +130,16 @@ class NormalizeConfig(_Section):
     """Feature normalization.
 
     ``row``: ``x_i / sum_j |x_ij|`` (rows summing to zero stay zero); equal to PyG's
-    ``NormalizeFeatures`` on non-negative features. ``standard``: ``(x - mean) / std`` per column
-    with mean and std from the training nodes (std 0 -> 1). ``none``: unchanged. ``auto``: ``row``
-    when every feature is non-negative (bag-of-words style), else ``standard``.
+    ``NormalizeFeatures`` on non-negative features. ``l2``: ``x_i / ||x_i||_2``. ``standard``:
+    ``(x - mean) / std`` per column with mean and std from the training nodes (std 0 -> 1).
+    ``none``: unchanged. ``auto``: ``l2`` when every feature is non-negative (bag-of-words style),
+    else ``standard`` (chosen on a table of graphs: docs/defaults.md).
     """
 
-    method: Literal["auto", "row", "standard", "none"] = "auto"
+    method: Literal["auto", "row", "l2", "standard", "none"] = "auto"
+    # features with fewer non-zeros than this fraction are kept sparse (CSR) through the first
+    # layer; 0 keeps every feature matrix dense
+    sparse_below: float = Field(default=0.1, ge=0, le=1)
     # input features of a graph without node features (tasks/structural.py): "auto" = "spectral"
     # for such a graph (nothing for one with features); "degree"; "none" = one constant feature
     structural: Literal["auto", "spectral", "degree", "none"] = "auto"
@@ -165,11 +169,11 @@ class TrainConfig(_Section):
     dropout: float = Field(default=0.5, ge=0, lt=1)
     lr: float = Field(default=0.01, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
-    epochs: int = Field(default=100, ge=1)
+    epochs: int = Field(default=200, ge=1)  # at most; early stopping after `patience` (docs/defaults.md)
     clusters_per_batch: int | Literal["auto"] = "auto"
     target_batch_nodes: int = Field(default=5000, ge=1)
     eval_every: int = Field(default=1, ge=1)
-    patience: int | None = Field(default=None, ge=1)
+    patience: int | None = Field(default=50, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prefetch: int = Field(default=2, ge=0)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from storage.arrays import ClusterGraph, Mapping, release_pages, scratch_array
+from storage.arrays import ClusterGraph, CSRRows, Mapping, release_pages, scratch_array
 from storage.atomic import publish_dir
 from storage.snapshot import SPLIT_TEST, read_node_ids
 from storage.store import NodeDataRef, SnapshotRef
@@ -116,6 +116,25 @@ def _linear_all(lin: torch.nn.Module, h: np.ndarray, h_map: Mapping | None, devi
     return z, z_map
 
 
+def _project_all(model: GNN, lin: torch.nn.Module, x: CSRRows, device: torch.device,
+                 scratch_dir: str | os.PathLike | None, out_dim: int, maps: dict) -> tuple[np.ndarray, Mapping | None]:
+    """``model.project(lin, x)`` (the first layer's linear map on sparse features, a sparse-dense
+    product per chunk of rows) for every row, into a scratch array."""
+    z, z_map = scratch_array((x.shape[0], out_dim), np.float32, scratch_dir)
+    step = max(1, (WINDOW_BYTES // 8) // max(1, x.nnz // max(x.shape[0], 1)))
+    for a in range(0, x.shape[0], step):
+        b = min(a + step, x.shape[0])
+        z[a:b] = model.project(lin, _sparse_rows(x, a, b).to(device)).cpu().numpy()
+        release_pages(*(maps.get(k) for k in ("x_indptr", "x_indices", "x_data")), z_map)
+    return z, z_map
+
+
+def _sparse_rows(x: CSRRows, a: int, b: int) -> torch.Tensor:
+    """Rows ``[a, b)`` of sparse features as a sparse CSR tensor."""
+    crow, col, val = x.row_ranges([(a, b)])
+    return sparse_csr(crow, col, val, (b - a, x.shape[1]))
+
+
 @torch.no_grad()
 def iter_full_graph(
     model: GNN,
@@ -131,7 +150,9 @@ def iter_full_graph(
 
     GCN: ``out = A (H W) + b``: ``H W`` for all nodes first, then the sparse product per block.
     SAGE: ``out = lin_l(mean of neighbours' H) + lin_r(H)``. The sparse products run on the CPU
-    (the data is memory-mapped); the dense layers on ``device``.
+    (the data is memory-mapped); the dense layers on ``device``. Sparse features (``graph.x`` a
+    :class:`CSRRows`): the first layer projects them first (``model.project``, a sparse-dense
+    product, for SAGE ``mean(x_j W_l^T) + b_l + x W_r^T``), then propagates as above.
     """
     model.eval()
     kind = model.spec.kind
@@ -142,7 +163,11 @@ def iter_full_graph(
     t0, last_report = time.perf_counter(), time.perf_counter()
     for i, conv in enumerate(model.convs):
         last = i == model.num_layers - 1
-        if kind == "gcn":
+        sparse = isinstance(h, CSRRows)
+        if sparse:  # the first layer on sparse features: project, then propagate
+            src, src_map = _project_all(model, conv.lin if kind == "gcn" else conv.lin_l, h, device, scratch_dir,
+                                        conv.out_channels, graph.maps)
+        elif kind == "gcn":
             src, src_map = _linear_all(conv.lin, h, h_map, device, scratch_dir, conv.out_channels)
         else:
             src, src_map = h, h_map
@@ -151,12 +176,16 @@ def iter_full_graph(
             agg = windowed_product(row_block(graph, a, b, kind, dinv), src, src_map).to(device)
             if kind == "gcn":
                 y = agg + conv.bias if conv.bias is not None else agg
+            elif sparse:
+                y = agg + conv.lin_l.bias if conv.lin_l.bias is not None else agg
+                if conv.root_weight:
+                    y = y + model.project(conv.lin_r, _sparse_rows(h, a, b).to(device))
             else:
                 own = _tensor(h[a:b]).to(device)
                 y = conv.lin_l(agg) + conv.lin_r(own)
             y = (y if last else torch.relu(y)).cpu().numpy()
             if last:
-                yield OutputBlock(a, b, y, h[a:b])
+                yield OutputBlock(a, b, y, h.rows(a, b).toarray() if sparse else h[a:b])
             else:
                 if out is None:
                     out, out_map = scratch_array((graph.num_nodes, y.shape[1]), np.float32, scratch_dir)

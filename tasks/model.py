@@ -4,6 +4,17 @@ Training and layer-wise inference pass a pre-normalized sparse CSR adjacency
 (:mod:`tasks.batching`), so each layer is one sparse-dense matrix product instead of
 scatter-based message passing. The same layers also accept an ``edge_index`` (with GCN
 normalization computed by PyG), which is what the exported predictor uses.
+
+Sparse features (a sparse CSR ``x``, see :mod:`storage.arrays`) stay sparse through the first
+layer: its linear map is one sparse-dense product ``x @ W^T`` (``torch.sparse.mm``), then the
+propagation runs as for dense input. For standardized sparse features the stored ``x`` is
+``raw / std`` and the model holds ``input_shift = mean / std``, so the first layer computes
+``(raw / std - mean / std) W^T = x W^T - input_shift W^T``: the constant row is folded in after
+the product, before the propagation, which gives exactly the dense layer's output. Input dropout
+drops stored entries (zeros stay zeros, exactly as dense dropout on ``row``/``l2``/``none``
+features); with ``standard`` the shift is not dropped, a milder regularizer than dropping dense
+standardized entries (``auto`` picks ``standard`` only for features with negative values, which are
+rarely sparse).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GCNConv, SAGEConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import spmm
 
 from tasks.errors import InputError, UnsafeFileError
 
@@ -37,6 +49,7 @@ class ModelSpec:
     out_dim: int
     num_layers: int
     dropout: float
+    input_shift: bool = False  # sparse standardized input: the first layer subtracts input_shift W^T
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +60,15 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     ``F.dropout``, whose CPU kernel (``bernoulli_``) is single-threaded and several times slower."""
     if not training or p == 0.0:
         return x
+    if x.layout == torch.sparse_csr:  # drop stored entries: zeros stay zeros, as with dense input
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), dropout(x.values(), p, training),
+                                       size=x.size(), check_invariants=False)
     return x * torch.rand_like(x).ge_(p).to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+def is_sparse(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a sparse CSR tensor (features kept sparse)."""
+    return x.layout == torch.sparse_csr
 
 
 class SymmetricSpMM(torch.autograd.Function):
@@ -75,6 +96,45 @@ class GNN(nn.Module):
             GCNConv(a, b, normalize=False, cached=False) if spec.kind == "gcn" else SAGEConv(a, b, aggr="mean")
             for a, b in zip(dims[:-1], dims[1:])
         )
+        if spec.input_shift:
+            self.register_buffer("input_shift", torch.zeros(spec.in_dim))
+
+    def set_input_shift(self, shift) -> None:
+        """Set the constant row subtracted from the (sparse, standardized) input features."""
+        if not self.spec.input_shift:
+            raise ValueError("this model was built without input_shift (ModelSpec.input_shift=False)")
+        self.input_shift.copy_(torch.as_tensor(shift, dtype=torch.float32))
+
+    def project(self, lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T`` of the first layer's linear map ``lin`` (without its bias): a sparse-dense
+        product for sparse ``x``, minus ``input_shift W^T`` for standardized sparse features."""
+        weight = lin.weight
+        out = torch.sparse.mm(x, weight.t()) if is_sparse(x) else F.linear(x, weight)
+        if self.spec.input_shift:
+            out = out - self.input_shift @ weight.t()
+        return out
+
+    def _sparse_input_layer(self, i: int, x: torch.Tensor, adj: torch.Tensor, num_rows: int | None) -> torch.Tensor:
+        """Layer ``i`` on sparse CSR features: project first (sparse-dense product), then
+        propagate; the same result as the dense layer on the densified, normalized features."""
+        conv = self.convs[i]
+        if self.spec.kind == "gcn":
+            z = self.project(conv.lin, x)
+            if adj.size(0) == adj.size(1) and torch.is_grad_enabled():
+                out = SymmetricSpMM.apply(adj, z)
+            else:
+                out = torch.sparse.mm(adj, z)
+            if conv.bias is not None:
+                out = out + conv.bias
+        else:
+            rows = adj.size(0) if num_rows is None else num_rows
+            # mean aggregation commutes with the linear map: lin_l(mean x_j) = mean(x_j W^T) + b
+            out = spmm(adj, self.project(conv.lin_l, x), reduce="mean")
+            if conv.lin_l.bias is not None:
+                out = out + conv.lin_l.bias
+            if conv.root_weight:
+                out = out + self.project(conv.lin_r, x)[:rows]
+        return out if i == self.num_layers - 1 else F.relu(out)
 
     @property
     def num_layers(self) -> int:
@@ -86,6 +146,8 @@ class GNN(nn.Module):
         ``adj`` is ``(targets, sources)``; the first ``targets`` rows of ``x`` are the targets.
         ReLU follows every layer but the last.
         """
+        if is_sparse(x):
+            return self._sparse_input_layer(i, x, adj, num_rows)
         conv = self.convs[i]
         if self.spec.kind == "gcn" and adj.size(0) == adj.size(1) and torch.is_grad_enabled():
             # a training batch: D^-1/2 (A+I) D^-1/2 is symmetric; same result as conv(x, adj)
@@ -125,6 +187,8 @@ class EdgeIndexPredictor(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "row":
             return x / x.abs().sum(dim=1, keepdim=True).clamp(min=1e-30)
+        if self.method == "l2":
+            return x / x.square().sum(dim=1, keepdim=True).sqrt().clamp(min=1e-30)
         if self.method == "standard":
             return (x - self.mean) / self.std
         return x

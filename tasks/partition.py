@@ -33,7 +33,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pymetis
 
-from storage.arrays import ClusterGraph, open_array, write_arrays
+from storage.arrays import ClusterGraph, CSRRows, has_sparse_x, open_array, open_csr, write_arrays
 from storage.atomic import publish_dir, write_bytes
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import EDGES, SPLIT_NAMES, SPLIT_TRAIN, read_edges, read_nodes
@@ -54,7 +54,7 @@ from tasks.errors import InputError
 log = logging.getLogger(__name__)
 
 PARTITION_VERSION = 1
-NODE_DATA_VERSION = 1
+NODE_DATA_VERSION = 2  # 2: sparse features laid out as CSR
 # Entries of the permuted CSR built per slice of rows (bounds the temporaries to ~100 MB).
 _PERMUTE_CHUNK = 1 << 21
 # Bytes of feature rows gathered per slice by layout_node_data.
@@ -482,6 +482,34 @@ def _permute_rows_to_file(x: np.ndarray, perm: np.ndarray, path: Path) -> None:
     del out
 
 
+def _permute_csr_to_files(x: CSRRows, perm: np.ndarray, directory: Path) -> list[str]:
+    """Write the rows ``x[perm]`` of sparse features as the ``x_*`` CSR files, a slice of rows at a
+    time into memory-mapped outputs (memory: one slice, not the matrix)."""
+    n, d = len(perm), x.shape[1]
+    src_ptr = np.asarray(x.indptr, dtype=np.int64)
+    counts = np.diff(src_ptr)[perm]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    nnz = int(indptr[-1])
+    np.save(directory / "x_indptr.npy", indptr)
+    np.save(directory / "x_shape.npy", np.asarray([n, d], dtype=np.int64))
+    indices = np.lib.format.open_memmap(directory / "x_indices.npy", mode="w+", dtype=np.int32, shape=(nnz,))
+    data = np.lib.format.open_memmap(directory / "x_data.npy", mode="w+", dtype=np.float32, shape=(nnz,))
+    step = max(1, _LAYOUT_CHUNK_BYTES // max(1, 8 * max(1, nnz // max(n, 1))))
+    for a in range(0, n, step):
+        rows = perm[a : a + step]
+        starts, stops = src_ptr[rows], src_ptr[rows + 1]
+        sizes = stops - starts
+        pos = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()), dtype=np.int64)
+        lo, hi = int(indptr[a]), int(indptr[min(a + step, n)])
+        indices[lo:hi] = np.asarray(x.indices)[pos] if len(pos) else pos
+        data[lo:hi] = np.asarray(x.data)[pos] if len(pos) else pos
+    for arr in (indices, data):
+        arr.flush()
+    del indices, data
+    return ["x_indptr.npy", "x_indices.npy", "x_data.npy", "x_shape.npy"]
+
+
 def layout_node_data(
     partition: PartitionRef, snapshot: SnapshotRef, features: FeaturesRef, config: PipelineConfig
 ) -> NodeDataRef:
@@ -494,21 +522,30 @@ def layout_node_data(
         return replace(ref, reused=True)
     start = time.perf_counter()
     perm = open_array(partition.path, "perm", mmap=False)
-    x = open_array(features.path, "x")
+    sparse = has_sparse_x(features.path)
+    x = open_csr(features.path) if sparse else open_array(features.path, "x")
     labels, split = read_nodes(snapshot.path)
     n = len(perm)
     if x.ndim != 2 or x.shape[0] != n or len(labels) != n:
         raise InputError(
-            f"{features.path}: x.npy has shape {x.shape} and {snapshot.path} has {len(labels)} nodes; "
-            f"the partition {partition.path} has {n}"
+            f"{features.path}: {'x_*.npy' if sparse else 'x.npy'} has shape {x.shape} and {snapshot.path} has "
+            f"{len(labels)} nodes; the partition {partition.path} has {n}"
         )
     with publish_dir(final) as tmp:
-        _permute_rows_to_file(x, perm, tmp / "x.npy")
+        if sparse:
+            files = _permute_csr_to_files(x, perm, tmp)
+            if (Path(features.path) / "x_shift.npy").exists():
+                shutil.copyfile(Path(features.path) / "x_shift.npy", tmp / "x_shift.npy")
+                files.append("x_shift.npy")
+        else:
+            _permute_rows_to_file(x, perm, tmp / "x.npy")
+            files = ["x.npy"]
         y_new, split_new = labels[perm], split[perm]
-        files = ["x.npy", *write_arrays(tmp, y=y_new, split=split_new)]
+        files += write_arrays(tmp, y=y_new, split=split_new)
         counts = {
             "num_nodes": n,
             "num_features": int(x.shape[1]),
+            **({"feature_nnz": x.nnz} if sparse else {}),
             "labeled_nodes": int((y_new >= 0).sum()),
             **{f"{name}_nodes": int((split_new == code).sum()) for code, name in SPLIT_NAMES.items()},
             "seconds_total": round(time.perf_counter() - start, 3),

@@ -221,8 +221,8 @@ def _warm_start(model: GNN, spec: ModelSpec, path: str) -> bool:
     """Load weights saved by an earlier run if they fit ``spec``; say why not otherwise."""
     saved = load_checkpoint(path)
     old = ModelSpec(**saved["spec"])
-    if (old.kind, old.in_dim, old.hidden, old.out_dim, old.num_layers) != (
-        spec.kind, spec.in_dim, spec.hidden, spec.out_dim, spec.num_layers
+    if (old.kind, old.in_dim, old.hidden, old.out_dim, old.num_layers, old.input_shift) != (
+        spec.kind, spec.in_dim, spec.hidden, spec.out_dim, spec.num_layers, spec.input_shift
     ):
         log.info("train: not warm-starting from %s: its model %s differs from %s (feature layout or settings changed)",
                  path, saved["spec"], spec.to_dict())
@@ -292,7 +292,8 @@ def train_cluster_gcn(
     device = resolve_device(tc.device)
     num_classes = num_classes_of(graph, config)
     q = resolve_clusters_per_batch(graph, tc)
-    spec = ModelSpec(tc.model, graph.num_features, tc.hidden, num_classes, tc.num_layers, tc.dropout)
+    spec = ModelSpec(tc.model, graph.num_features, tc.hidden, num_classes, tc.num_layers, tc.dropout,
+                     input_shift=graph.x_shift is not None)
     key = checkpoint_key(node_data, tc, init_from)
     ckpt_dir = Store(config.store).checkpoint_dir(config.data.name, key)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -311,6 +312,8 @@ def train_cluster_gcn(
             torch.set_rng_state(saved["torch_rng"])
             state = {k: saved[k] for k in state}
             log.info("train: resuming %s after epoch %d", ckpt_dir, state["epoch"])
+    if graph.x_shift is not None:  # this graph's standardization, whatever weights were loaded
+        model.set_input_shift(graph.x_shift)
     resumed_from = state["epoch"]
 
     log.info(

@@ -95,6 +95,8 @@ def test_predictor_applies_saved_normalization():
     row = raw / raw.sum(dim=1, keepdim=True)
     ei = _edge_index(graph)
     torch.testing.assert_close(EdgeIndexPredictor(model, "row")(raw, ei), EdgeIndexPredictor(model, "none")(row, ei))
+    l2 = raw / raw.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(EdgeIndexPredictor(model, "l2")(raw, ei), EdgeIndexPredictor(model, "none")(l2, ei))
     mean, std = raw.mean(0), raw.std(0)
     std_pred = EdgeIndexPredictor(model, "standard", mean, std)(raw, ei)
     torch.testing.assert_close(std_pred, EdgeIndexPredictor(model, "none")((raw - mean) / std, ei))
@@ -123,3 +125,73 @@ def test_dropout_keeps_the_expected_value():
     assert abs(float((y == 0).float().mean()) - 0.3) < 0.01
     assert abs(float(y.mean()) - 1.0) < 0.01
     assert torch.equal(dropout(x, 0.3, False), x)
+
+
+def _sparse_twin(graph, seed=0, d=30):
+    """``(dense_graph, sparse_graph, raw, mean, std)``: the same graph with count features, once as
+    the dense standardized matrix and once kept sparse (``raw / std`` as CSR plus the shift)."""
+    import dataclasses
+
+    import scipy.sparse as sp
+
+    from storage.arrays import CSRRows
+
+    rng = np.random.default_rng(seed)
+    n = graph.num_nodes
+    raw = ((rng.random((n, d)) < 0.08) * rng.integers(1, 6, (n, d))).astype(np.float32)
+    mean, std = raw.mean(0), raw.std(0)
+    std[std == 0] = 1.0
+    dense = dataclasses.replace(graph, x=((raw - mean) / std).astype(np.float32))
+    csr = sp.csr_matrix(raw / std, dtype=np.float32)
+    sparse = dataclasses.replace(graph, x=CSRRows(csr.indptr.astype(np.int64), csr.indices, csr.data, csr.shape),
+                                 x_shift=(mean / std).astype(np.float32))
+    return dense, sparse, raw, mean, std
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_sparse_first_layer_equals_dense_training_inference_and_predictor(kind, layers):
+    """Standardized bag-of-words kept sparse: the training forward, its gradients, full-graph
+    inference and the exported predictor on raw features all equal the dense path."""
+    graph, _ = _random_graph(seed=20 + layers)
+    dense, sparse, raw, mean, std = _sparse_twin(graph)
+    torch.manual_seed(4)
+    model = GNN(ModelSpec(kind, 30, 8, 4, layers, 0.0, input_shift=True))
+    model.set_input_shift(sparse.x_shift)
+    reference = GNN(ModelSpec(kind, 30, 8, 4, layers, 0.0))
+    reference.load_state_dict({k: v for k, v in model.state_dict().items() if k != "input_shift"})
+    clusters = np.array([0, 2, 3])  # a training batch with edges between clusters
+    bd, bs = build_batch(dense, clusters, kind), build_batch(sparse, clusters, kind)
+    assert bs.x.layout == torch.sparse_csr and bd.x.layout == torch.strided
+    out_d, out_s = reference(bd.x, bd.adj), model(bs.x, bs.adj)
+    torch.testing.assert_close(out_s, out_d, rtol=1e-4, atol=1e-5)
+    out_d.square().sum().backward()
+    out_s.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+    model.eval()
+    whole = build_batch(dense, np.arange(graph.num_parts), kind)
+    expected = reference.eval()(whole.x, whole.adj).detach().numpy()
+    for block_nodes in (1, 1000):
+        logits, hidden = infer_full_graph(model, sparse, torch.device("cpu"), block_nodes=block_nodes)
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+        assert hidden.shape == (60, 8 if layers > 1 else 30)
+    predictor = EdgeIndexPredictor(model, "standard", torch.from_numpy(mean), torch.from_numpy(std)).eval()
+    pred_out = predictor(torch.from_numpy(raw), _edge_index(graph)).detach().numpy()
+    np.testing.assert_allclose(pred_out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sparse_dropout_drops_stored_entries_only():
+    from tasks.model import dropout
+
+    torch.manual_seed(0)
+    dense = (torch.rand(200, 50) < 0.1).float() * 3.0
+    x = dense.to_sparse_csr()
+    out = dropout(x, 0.5, True)
+    assert out.layout == torch.sparse_csr
+    values = out.values()
+    assert set(values.unique().tolist()) <= {0.0, 6.0}
+    kept = (values != 0).float().mean().item()
+    assert 0.4 < kept < 0.6
+    assert torch.equal(dropout(x, 0.5, False).values(), x.values())

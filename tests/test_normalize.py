@@ -54,9 +54,9 @@ def test_standard_uses_training_rows_only_and_is_saved(tmp_path):
 
 
 def test_auto_and_none(tmp_path):
-    assert resolve_method("auto", np.abs(X)) == "row"
+    assert resolve_method("auto", np.abs(X)) == "l2"
     assert resolve_method("auto", X) == "standard"
-    assert resolve_method("auto", sp.csr_matrix(np.abs(X))) == "row"
+    assert resolve_method("auto", sp.csr_matrix(np.abs(X))) == "l2"
     ref = normalize_features(_snapshot(tmp_path, X), _cfg(tmp_path, "none"))
     np.testing.assert_array_equal(np.load(Path(ref.path) / "x.npy"), X)
 
@@ -97,3 +97,50 @@ def test_standard_statistics_in_chunks_equal_numpy(monkeypatch):
     ref = x[train].astype(np.float64)
     np.testing.assert_allclose(stats.mean, ref.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(stats.std, ref.std(axis=0), rtol=1e-9)
+
+
+def test_l2_normalization_exact(tmp_path):
+    ref = normalize_features(_snapshot(tmp_path, np.abs(X)), _cfg(tmp_path, "l2"))
+    x = np.load(Path(ref.path) / "x.npy")
+    np.testing.assert_allclose(x[0], np.array([1.0, 3.0, 0.0]) / np.sqrt(10), rtol=1e-6)
+    np.testing.assert_array_equal(x[1], [0, 0, 0])  # zero row stays zero
+    np.testing.assert_allclose(np.linalg.norm(x[[0, 2, 3]], axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["row", "l2", "standard", "none"])
+def test_sparse_features_are_written_as_csr_equal_to_the_dense_normalization(tmp_path, method):
+    """Below ``sparse_below`` density the features stay CSR; CSR minus the shift (standard only)
+    equals the dense normalization of the same features."""
+    from storage.arrays import has_sparse_x, open_csr
+
+    x = np.zeros((4, 40), dtype=np.float32)
+    x[0, [1, 5]] = [2.0, 1.0]
+    x[2, [5, 30, 39]] = [1.0, 3.0, 1.0]
+    x[3, 0] = 4.0
+    snap = _snapshot(tmp_path, sp.csr_matrix(x))
+    cfg = load_config(None, [f"normalize.method={method}", "normalize.sparse_below=0.1"],
+                      base={"store": str(tmp_path / "store"), "data": {"name": "g"}})
+    ref = normalize_features(snap, cfg)
+    assert has_sparse_x(ref.path) and not (Path(ref.path) / "x.npy").exists()
+    stats = load_stats(ref)
+    assert stats.sparse and stats.method == method
+    csr = open_csr(ref.path)
+    assert csr.nnz == 6  # zeros stay implicit, whatever the method
+    got = csr.toarray()
+    if method == "standard":
+        got = got - np.load(Path(ref.path) / "x_shift.npy")
+    np.testing.assert_allclose(got, apply_stats(x, stats), rtol=1e-6, atol=1e-6)
+    # a dense threshold of 0 keeps the matrix dense, with the same values
+    dense_cfg = load_config(None, [f"normalize.method={method}", "normalize.sparse_below=0"],
+                            base={"store": str(tmp_path / "store"), "data": {"name": "g"}})
+    dense_ref = normalize_features(snap, dense_cfg)
+    np.testing.assert_allclose(np.load(Path(dense_ref.path) / "x.npy"), apply_stats(x, stats), rtol=1e-6, atol=1e-6)
+
+
+def test_standard_statistics_of_sparse_features_equal_dense():
+    rng = np.random.default_rng(3)
+    x = (rng.random((300, 20)) < 0.05) * rng.integers(1, 5, (300, 20)).astype(np.float32)
+    rows = np.arange(0, 300, 3)
+    a, b = fit_stats(x, "standard", rows), fit_stats(sp.csr_matrix(x), "standard", rows)
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.std, b.std, rtol=1e-7, atol=1e-12)

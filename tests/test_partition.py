@@ -476,3 +476,39 @@ def test_cora_eight_parts_cut_and_balance(tmp_path):
     # METIS clusters of a citation graph are purer than the whole graph
     assert stats["labels"]["mean_cluster_entropy_bits"] < stats["labels"]["global_entropy_bits"]
     assert sum(stats["split"]["train"]) == 140
+
+
+def test_layout_of_sparse_features_permutes_csr_rows(tmp_path, monkeypatch):
+    """Sparse features (x_* CSR files) are laid out as CSR rows in cluster order, slice by slice,
+    with the standardization shift carried along."""
+    import scipy.sparse as sp
+
+    from storage.arrays import CSRRows, write_csr
+
+    n = 50
+    src, dst = random_community_graph(n, 200, blocks=5, seed=3)
+    x = sp.random(n, 9, density=0.2, format="csr", dtype=np.float32, random_state=2)
+    config = make_config(tmp_path, num_parts=4)
+    snap = make_snapshot(config, src, dst, n)
+    fp = fingerprint_value(snap.fingerprint, "sparse")
+    final = Store(config.store).features_dir(snap.name, fp)
+    shift = np.arange(9, dtype=np.float32)
+    with publish_dir(final) as tmp:
+        files = write_csr(tmp, x.indptr, x.indices, x.data, x.shape)
+        np.save(tmp / "x_shift.npy", shift)
+        write_manifest(tmp, make_manifest("features", fp, params={}, inputs={}, counts={}, files=files))
+    feats = FeaturesRef(path=str(final), fingerprint=fp, method="standard")
+    part = partition_graph(snap, config)
+    monkeypatch.setattr(partition_mod, "_LAYOUT_CHUNK_BYTES", 40)  # several slices
+    nd = layout_node_data(part, snap, feats, config)
+    perm = open_array(part.path, "perm")
+    g = load_cluster_graph(nd)
+    assert isinstance(g.x, CSRRows) and g.sparse_x and g.num_features == 9
+    assert not (Path(nd.path) / "x.npy").exists()
+    np.testing.assert_array_equal(g.x.toarray(), x.toarray()[perm])
+    np.testing.assert_array_equal(g.x.rows(10, 20).toarray(), x.toarray()[perm][10:20])
+    np.testing.assert_array_equal(g.x[10:20], x.toarray()[perm][10:20])  # reads like dense rows
+    np.testing.assert_array_equal(g.x[np.array([7, 3, 7])], x.toarray()[perm][[7, 3, 7]])
+    np.testing.assert_array_equal(g.x[5], x.toarray()[perm][5])
+    np.testing.assert_array_equal(g.x_shift, shift)
+    assert read_manifest(nd.path)["counts"]["feature_nnz"] == x.nnz
