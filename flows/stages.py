@@ -207,8 +207,10 @@ def log_run(
     node_data: NodeDataRef,
     trained: TrainResult,
     evaluation: EvaluationRef,
+    notes: str = "",
 ) -> track_mod.TrackResult:
-    """Final metrics, plots, statistics, the model, its registered version and the champion alias."""
+    """Final metrics, plots, statistics, the model, its registered version and the champion alias;
+    ``notes``: more markdown for the run's artifact (the baseline and the health check)."""
     history = read_history(trained)
     tracked = track_mod.log_results(
         run,
@@ -223,7 +225,7 @@ def log_run(
     )
     create_markdown_artifact(
         key=("graphpipe-" + re.sub(r"[^a-z0-9-]+", "-", config.data.name.lower()))[:100],
-        markdown=track_mod.summary_markdown(tracked, evaluation.metrics, trained),
+        markdown=track_mod.summary_markdown(tracked, evaluation.metrics, trained) + (f"\n{notes}" if notes else ""),
         description=f"graphpipe run on {config.data.name}",
     )
     return tracked
