@@ -87,3 +87,55 @@ def test_apply_tuned_fills_only_keys_not_set_explicitly(graph_files, tmp_path):
     assert tuned.train.dropout == 0.3  # explicit beats tuned
     assert tuned.data == cfg.data
     assert apply_tuned(tuned)[0] == tuned  # applying twice changes nothing
+
+
+@pytest.mark.slow
+def test_tune_flow_on_cora_then_a_run_uses_the_tuned_config(prefect_harness, tmp_path):
+    from flows.pipeline import graph_pipeline
+    from flows.tune import graph_tune
+    from tests.conftest import dataset
+
+    d = dataset("cora")
+    base = {"store": str(tmp_path / "store"),
+            "data": {"name": "cora", "edges": [str(d / "edges.csv")], "nodes": str(d / "nodes.parquet")}}
+    out = graph_tune(base, overrides={"train.epochs": 15, "tune.trials": 3, "tune.patience": 5,
+                                      "tune.prune_startup_trials": 1, "tune.prune_warmup_epochs": 3})
+    assert sum(out["trials"].values()) == 3
+    client = MlflowClient(out["mlflow"]["tracking_uri"])
+    parent = client.get_run(out["mlflow"]["run_id"])
+    assert parent.data.tags["graphpipe.kind"] == "tune" and parent.data.tags["prefect.flow_run_id"]
+    children = client.search_runs([out["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 3
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "tuned")} == {"tuned/best.yaml", "tuned/best.json"}
+    tuned = yaml.safe_load(Path(out["tuned_config"]).read_text())
+
+    # a following run with use_tuned trains with the tuned values (explicit ones still win)
+    result = graph_pipeline(base, overrides={"tune.use_tuned": True, "train.epochs": 20})
+    run = client.get_run(result["mlflow"]["run_id"])
+    params = run.data.params
+    assert params["normalize.method"] == tuned["normalize"]["method"]
+    assert float(params["train.lr"]) == pytest.approx(tuned["train"]["lr"])
+    assert params["train.hidden"] == str(tuned["train"]["hidden"])
+    assert params["train.clusters_per_batch"] == str(tuned["train"]["clusters_per_batch"])
+    assert params["train.epochs"] == "20"  # explicit beats tuned
+    assert run.data.tags["graphpipe.tuned_config"] == out["tuned_config"]
+
+    # every run carries the features-only baseline and the health check
+    metrics = run.data.metrics
+    assert 0.4 <= metrics["baseline_test_acc"] <= 0.7 and 0.4 <= metrics["baseline_val_acc"] <= 0.7, metrics
+    assert metrics["test_acc"] > metrics["baseline_test_acc"] + 0.1  # what the graph adds on Cora
+    assert run.data.tags["graphpipe.health"] == "ok" and run.data.tags["graphpipe.health_reason"] == "none"
+    assert result["baseline"]["test_acc"] == pytest.approx(metrics["baseline_test_acc"])
+    assert result["health"]["status"] == "ok"
+
+    # ... and so does the run's Prefect artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as prefect:
+        latest = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["graphpipe-cora"])),
+                                        sort="CREATED_DESC", limit=1)[0]
+        tune_artifact = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["graphpipe-tune-cora"])), limit=1)[0]
+    assert "features only (mlp)" in latest.data and "**Run health:** ok" in latest.data
+    assert "best (trial" in tune_artifact.data and out["tuned_config"] in tune_artifact.data
