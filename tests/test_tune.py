@@ -139,3 +139,26 @@ def test_tune_flow_on_cora_then_a_run_uses_the_tuned_config(prefect_harness, tmp
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["graphpipe-tune-cora"])), limit=1)[0]
     assert "features only (mlp)" in latest.data and "**Run health:** ok" in latest.data
     assert "best (trial" in tune_artifact.data and out["tuned_config"] in tune_artifact.data
+
+
+@pytest.mark.slow
+def test_cli_tune_then_run_with_the_tuned_config(prefect_harness, graph_files, tmp_path, capsys):
+    from flows.cli import main
+
+    store = str(tmp_path / "store")
+    inputs = ["--edges", str(graph_files.edges_path), "--nodes", str(graph_files.nodes_path), "--store", store, "--name", "g"]
+    assert main(["tune", *inputs, "--trials", "3", "--set", "train.epochs=4", "--set", "partition.num_parts=8"]) == 0
+    out = capsys.readouterr().out
+    assert "best    (trial" in out and "default (trial 0)" in out and "3 trial runs under it" in out
+    best_yaml = Path(store) / "graphs" / "g" / "tuned" / "best.yaml"
+    assert f"best config: {best_yaml}" in out
+    tuned = yaml.safe_load(best_yaml.read_text())
+
+    assert main(["train", "--store", store, "--name", "g", "--set", "tune.use_tuned=true",
+                 "--set", "partition.num_parts=8", "--set", "train.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "features only (mlp, no graph)" in out
+    run_id = out.split("MLflow: run ")[1].split()[0]
+    params = MlflowClient(f"sqlite:///{store}/mlflow.db").get_run(run_id).data.params
+    assert params["train.hidden"] == str(tuned["train"]["hidden"]) and params["normalize.method"] == tuned["normalize"]["method"]
+    assert params["train.epochs"] == "2"
