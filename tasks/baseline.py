@@ -53,17 +53,63 @@ class BaselineResult:
         return {"baseline_train_acc": self.train_acc, "baseline_val_acc": self.val_acc, "baseline_test_acc": self.test_acc}
 
 
-def features_model(in_dim: int, num_classes: int, hidden: int, dropout: float) -> nn.Module:
+class FeaturesModel(nn.Module):
     """``hidden > 0``: Linear-ReLU-Linear with dropout on the input and the hidden layer (the MLP
-    of Shchur et al. 2018); ``hidden == 0``: logistic regression (one Linear layer)."""
-    if hidden == 0:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, num_classes))
+    of Shchur et al. 2018); ``hidden == 0``: logistic regression (one Linear layer).
+
+    The input may be a dense tensor or a sparse COO tensor (features kept sparse in the node data:
+    the first layer is then a sparse-dense product, and input dropout applies to the non-zeros).
+    ``shift``: features stored as ``x`` whose normalized value is ``x - shift`` (sparse
+    standardized features); the first layer subtracts ``shift @ W.T``.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int, dropout: float, shift: np.ndarray | None = None):
+        super().__init__()
+        self.dropout = dropout
+        self.first = nn.Linear(in_dim, hidden if hidden > 0 else num_classes)
+        self.second = nn.Linear(hidden, num_classes) if hidden > 0 else None
+        self.register_buffer("shift", None if shift is None else torch.as_tensor(np.asarray(shift, dtype=np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_sparse:
+            x = x.coalesce()
+            values = F.dropout(x.values(), self.dropout, self.training)
+            x = torch.sparse_coo_tensor(x.indices(), values, x.shape)
+            h = torch.sparse.mm(x, self.first.weight.t()) + self.first.bias
+        else:
+            h = self.first(F.dropout(x, self.dropout, self.training))
+        if self.shift is not None:
+            h = h - self.shift @ self.first.weight.t()
+        if self.second is None:
+            return h
+        return self.second(F.dropout(F.relu(h), self.dropout, self.training))
 
 
-def _rows(x: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-    """Rows ``idx`` (sorted) of the memory-mapped features as a float32 tensor (a copy)."""
+def features_model(in_dim: int, num_classes: int, hidden: int, dropout: float,
+                   shift: np.ndarray | None = None) -> nn.Module:
+    """The baseline's model (:class:`FeaturesModel`)."""
+    return FeaturesModel(in_dim, num_classes, hidden, dropout, shift)
+
+
+def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted row ids as ``[start, stop)`` ranges of consecutive ids."""
+    if len(idx) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts = idx[np.r_[0, breaks]]
+    stops = idx[np.r_[breaks - 1, len(idx) - 1]] + 1
+    return list(zip(starts.tolist(), stops.tolist()))
+
+
+def _rows(x, idx: np.ndarray) -> torch.Tensor:
+    """Rows ``idx`` (sorted) of the memory-mapped features as a float32 tensor (a copy): dense for
+    a dense array, sparse COO for features kept as CSR (an object with ``row_ranges`` and ``shape``)."""
+    if hasattr(x, "row_ranges"):
+        ptr, col, val = x.row_ranges(_runs(idx))
+        rows = np.repeat(np.arange(len(idx), dtype=np.int64), np.diff(ptr))
+        return torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, np.asarray(col, dtype=np.int64)])),
+                                       torch.from_numpy(np.asarray(val, dtype=np.float32)), (len(idx), x.shape[1]),
+                                       check_invariants=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32))
@@ -103,7 +149,8 @@ def train_baseline(node_data: NodeDataRef, config: BaselineConfig, num_classes: 
 
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state as it was
         torch.manual_seed(config.seed)
-        model = features_model(graph.num_features, num_classes, config.hidden, config.dropout)
+        model = features_model(graph.num_features, num_classes, config.hidden, config.dropout,
+                               getattr(graph, "x_shift", None))
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         best_val, best_epoch, best_state, stale, epoch = -1.0, 0, copy.deepcopy(model.state_dict()), 0, 0
         for epoch in range(1, config.epochs + 1):

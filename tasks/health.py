@@ -109,9 +109,10 @@ def check_run_health(
 def _suggestions(settings: dict[str, Any], history: Sequence[dict[str, float]]) -> list[str]:
     out = []
     method = settings.get("normalize.method_used") or settings.get("normalize.method")
-    if method in ("row", "auto", None):
-        out.append("`--set normalize.method=standard` (or `none`): row normalization shrinks bag-of-words rows "
-                   "with many non-zeros to tiny values")
+    if method != "standard":
+        why = (": row normalization shrinks bag-of-words rows with many non-zeros to tiny values"
+               if method in ("row", "auto", None) else "")
+        out.append(f"`--set normalize.method=standard` (or `none`){why}")
     wd = settings.get("train.weight_decay")
     if wd is None or float(wd) > 0:
         out.append(f"lower weight decay (`--set train.weight_decay={_lower(wd)}`)")

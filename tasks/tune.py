@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import yaml
@@ -36,7 +36,7 @@ from storage.atomic import read_json, write_bytes, write_json
 from storage.fingerprint import fingerprint_value
 from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store
 from tasks import track as track_mod
-from tasks.config import PipelineConfig, load_config
+from tasks.config import NormalizeConfig, PipelineConfig, load_config
 from tasks.errors import InputError
 from tasks.evaluate import predict_full_graph, split_metrics
 from tasks.model import load_trained, resolve_device
@@ -51,7 +51,8 @@ SPACE_VERSION = "space-v1"
 BEST_YAML = "best.yaml"
 BEST_JSON = "best.json"
 STUDY_DB = "study.db"
-NORMALIZATIONS = ["row", "standard", "none"]
+# every normalization the config knows, but "auto" (which is one of them)
+NORMALIZATIONS = [m for m in get_args(NormalizeConfig.model_fields["method"].annotation) if m != "auto"]
 HIDDEN = [64, 128, 256]
 LR = (1e-3, 5e-2)
 WEIGHT_DECAY = (1e-7, 1e-2)
@@ -192,11 +193,12 @@ def tune_graph(
     tuned_dir = Store(config.store).tuned_dir(config.data.name)
     tuned_dir.mkdir(parents=True, exist_ok=True)
     storage_url = f"sqlite:///{tuned_dir / STUDY_DB}"
-    fixed = {"epochs": config.train.epochs, "patience": config.train.patience or tc.patience,
+    # each trial stops early after tune.patience epochs without a better validation accuracy
+    fixed = {"epochs": config.train.epochs, "patience": min(config.train.patience or tc.patience, tc.patience),
              "rest": {k: v for k, v in config.train.model_dump(mode="json").items()
                       if f"train.{k}" not in TUNED_KEYS and k not in ("epochs", "patience", "device", "prefetch",
                                                                       "resume", "loader_workers", "warm_start")}}
-    study_name = "tune-" + fingerprint_value(SPACE_VERSION, snapshot.fingerprint, partition.fingerprint, fixed)
+    study_name = "tune-" + fingerprint_value(SPACE_VERSION, NORMALIZATIONS, snapshot.fingerprint, partition.fingerprint, fixed)
     with warnings.catch_warnings():  # heartbeats (trials of a killed tune are marked failed) are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180)

@@ -157,3 +157,46 @@ def test_check_fires_on_amazon_computers_with_row_normalization(tmp_path):
     assert health.status == "warning", (metrics, base, health)
     assert "features-only baseline" in health.reason
     assert any("normalize.method=standard" in s for s in health.suggestions)
+
+
+class _CSR:
+    """Features kept as CSR in the node data (the interface of storage.arrays' sparse rows)."""
+
+    def __init__(self, dense):
+        import scipy.sparse as sp
+
+        m = sp.csr_matrix(dense)
+        self.indptr, self.indices, self.data, self.shape = m.indptr, m.indices, m.data, m.shape
+
+    def row_ranges(self, ranges):
+        ptrs, cols, vals, base = [np.zeros(1, dtype=np.int64)], [], [], 0
+        for a, b in ranges:
+            ptr = self.indptr[a : b + 1].astype(np.int64)
+            ptrs.append(ptr[1:] - ptr[0] + base)
+            cols.append(self.indices[ptr[0] : ptr[-1]])
+            vals.append(self.data[ptr[0] : ptr[-1]])
+            base += ptr[-1] - ptr[0]
+        return np.concatenate(ptrs), np.concatenate(cols), np.concatenate(vals)
+
+
+def test_baseline_model_gives_the_same_outputs_on_sparse_rows():
+    from tasks.baseline import _rows, features_model
+
+    rng = np.random.default_rng(0)
+    dense = (rng.random((50, 12)) < 0.2) * rng.random((50, 12)).astype(np.float32)
+    idx = np.array([0, 1, 2, 7, 8, 30, 49])
+    sparse_rows = _rows(_CSR(dense), idx)
+    assert sparse_rows.is_sparse and torch.allclose(sparse_rows.to_dense(), torch.from_numpy(dense[idx].astype(np.float32)))
+    shift = rng.random(12).astype(np.float32)
+    for hidden in (8, 0):
+        torch.manual_seed(0)
+        model = features_model(12, 3, hidden, 0.5, shift).eval()
+        expected = features_model(12, 3, hidden, 0.5).eval()
+        expected.load_state_dict({k: v for k, v in model.state_dict().items() if k != "shift"})
+        # stored x with shift s means normalized x - s
+        want = expected(torch.from_numpy((dense[idx] - shift).astype(np.float32)))
+        assert torch.allclose(model(sparse_rows), want, atol=1e-5)
+        assert torch.allclose(model(torch.from_numpy(dense[idx].astype(np.float32))), want, atol=1e-5)
+    model.train()
+    model(sparse_rows).sum().backward()  # trains through the sparse product
+    assert model.first.weight.grad is not None
