@@ -74,7 +74,7 @@ class FeaturesModel(nn.Module):
         if x.is_sparse:
             x = x.coalesce()
             values = F.dropout(x.values(), self.dropout, self.training)
-            x = torch.sparse_coo_tensor(x.indices(), values, x.shape)
+            x = torch.sparse_coo_tensor(x.indices(), values, x.shape, check_invariants=False)
             h = torch.sparse.mm(x, self.first.weight.t()) + self.first.bias
         else:
             h = self.first(F.dropout(x, self.dropout, self.training))
