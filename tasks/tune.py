@@ -208,7 +208,9 @@ def tune_graph(
     # reseed on resume, so a resumed study does not replay the first run's random trials
     study.sampler = optuna.samplers.TPESampler(seed=tc.seed + done_before, n_startup_trials=max(4, min(10, tc.trials // 2)))
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=tc.prune_startup_trials, n_warmup_steps=tc.prune_warmup_epochs)
-    if done_before == 0:
+    TS = optuna.trial.TrialState
+    # the configured setting first, again if a stopped tune never finished it
+    if not any(t.user_attrs.get("default") and t.state in (TS.COMPLETE, TS.PRUNED, TS.WAITING) for t in study.trials):
         study.enqueue_trial(default_point(config, default_method, default_q, num_parts),
                             user_attrs={"default": True})
 
