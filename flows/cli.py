@@ -7,6 +7,7 @@
     graphpipe ingest    (same input flags as run)
     graphpipe partition --store DIR --name NAME [--set ...]
     graphpipe train     --store DIR --name NAME [--set ...]
+    graphpipe tune      (same input flags as run, or none: the current snapshot) [--trials N] [--timeout S]
     graphpipe generate  --out DIR [--nodes N ...]
     graphpipe demo      [--nodes 50000] [--store graphpipe-demo]
 
@@ -90,6 +91,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"graph {summary['graph']}:")
     for split in ("train", "val", "test"):
         print(f"  {split:5s} accuracy {m[f'{split}_acc']:.4f}   macro-F1 {m[f'{split}_macro_f1']:.4f}")
+    base = summary.get("baseline")
+    if base:
+        print(f"  features only ({base['model']}, no graph): val accuracy {base['val_acc']:.4f}   test accuracy {base['test_acc']:.4f}")
+    health = summary.get("health")
+    if health and health["status"] != "ok":
+        print(f"  WARNING: {health['reason']}")
+        for s in health["suggestions"]:
+            print(f"    try: {s}")
     print(f"  predictions: {summary['predictions']}")
     print(f"MLflow: run {ml['run_id']} in {redact_uri(ml['tracking_uri'])}")
     if ml.get("model_version"):
@@ -174,6 +183,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Search hyper-parameters on the graph (ingesting it first when --edges is given)."""
+    if args.trials is not None:
+        args.overrides.append(f"tune.trials={args.trials}")
+    if args.timeout is not None:
+        args.overrides.append(f"tune.timeout={args.timeout}")
+    # with input files (flags or config) the tune ingests them first, else it uses the current snapshot
+    cfg = _checked_inputs(args, "tune") if build_config(args).data.edges else _checked_snapshot(args)
+    check_tracking_server(cfg)
+    server = _start_prefect(args)
+    from flows.tune import graph_tune  # imported while the server starts
+
+    server.wait()
+    out = graph_tune(cfg)
+    best, default = out["best"], out["default"]
+    print()
+    print(f"graph {out['graph']}: {out['trials']} in {out['seconds']:.0f} s")
+    print(f"  best    (trial {best['trial']}): val accuracy {best['val_acc']:.4f}   test accuracy {best['test_acc']:.4f}")
+    if default["val_acc"] is not None:
+        print(f"  default (trial 0): val accuracy {default['val_acc']:.4f}   test accuracy {default['test_acc']:.4f}")
+    for key, value in best["params"].items():
+        print(f"    {key} = {value:.4g}" if isinstance(value, float) else f"    {key} = {value}")
+    print(f"  best config: {out['tuned_config']}")
+    print("  use it: --set tune.use_tuned=true (or --config that file); the study resumes with the same command")
+    ml = out["mlflow"]
+    print(f"MLflow: parent run {ml['run_id']} in {ml['tracking_uri']} ({len(ml['child_runs'])} trial runs under it)")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tasks.generate import config_from_args, generate_graph
 
@@ -224,6 +262,11 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         _add_common(sp, inputs=inputs)
         sp.set_defaults(fn=fn)
+    tp = sub.add_parser("tune", help="search hyper-parameters (Optuna; trials as MLflow child runs), save the best config")
+    _add_common(tp, inputs=True)
+    tp.add_argument("--trials", type=int, help="trials in the study in all (default: tune.trials, 20); a rerun resumes")
+    tp.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long")
+    tp.set_defaults(fn=cmd_tune)
     from tasks.generate import add_generate_arguments
 
     gp = sub.add_parser("generate", help="write a synthetic community graph as edge list + node table")

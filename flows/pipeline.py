@@ -21,6 +21,7 @@ from flows import quiet_errors, stages
 from flows.startup import apply_startup_limit
 from storage.store import NodeDataRef, PartitionRef
 from tasks.config import PipelineConfig, load_config, redact_uri
+from tasks.tuned import apply_tuned, tuned_config_path
 
 # torch, PyG and MLflow (tasks.track, tasks.train...) are imported by the stages that use them, so
 # `graphpipe ingest` never loads them. Flow calls from Python wait for the embedded Prefect server
@@ -31,18 +32,25 @@ quiet_errors.install()  # flow runs on workers too: no traceback for a user's mi
 
 
 def resolve(config: PipelineConfig | dict | None, config_file: str | None, overrides: dict[str, Any] | None) -> PipelineConfig:
-    """The flow's parameters as one validated config: ``config``, then the file, then overrides."""
-    return load_config(config_file, overrides, base=config)
+    """The flow's parameters as one validated config: ``config``, then the file, then overrides;
+    with ``tune.use_tuned``, the graph's tuned values for every key not set explicitly."""
+    cfg = load_config(config_file, overrides, base=config)
+    if cfg.tune.use_tuned:
+        cfg, _ = apply_tuned(cfg)
+    return cfg
 
 
 def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dict[str, Any]:
     """normalize -> partition -> train -> evaluate -> MLflow, given a snapshot."""
+    from flows import quality
     from tasks.track import end_run, ui_command
 
     features = stages.normalize(snapshot, cfg)
     partition = stages.partition(snapshot, cfg)
     node_data = stages.layout(partition, snapshot, features, cfg)
-    run = stages.start_tracking(cfg, stages.lineage_tags(snapshot, features, partition, node_data))
+    tuned = str(tuned_config_path(cfg)) if cfg.tune.use_tuned and tuned_config_path(cfg).is_file() else "none"
+    run = stages.start_tracking(cfg, {**stages.lineage_tags(snapshot, features, partition, node_data),
+                                      "graphpipe.tuned_config": tuned})
     try:
         init_from = stages.champion_weights(cfg) if cfg.train.warm_start else None
         if train_on:
@@ -50,7 +58,10 @@ def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dic
         else:
             trained = stages.train(node_data, cfg, run, init_from)
         evaluation = stages.evaluate(trained, node_data, snapshot, cfg)
-        tracked = stages.log_run(run, cfg, snapshot, features, node_data, trained, evaluation)
+        base = quality.baseline(node_data, cfg, trained.num_classes, run)
+        health = quality.check_health(run, cfg, features, node_data, trained, evaluation, base)
+        tracked = stages.log_run(run, cfg, snapshot, features, node_data, trained, evaluation,
+                                 notes=quality.markdown(base, health, evaluation.metrics))
     except BaseException as exc:
         end_run(run, "FAILED", reason=f"{type(exc).__name__}: {exc}")
         raise
@@ -70,6 +81,7 @@ def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dic
             "champion": tracked.champion,
             "ui": ui_command(run),
         },
+        **quality.summary(base, health),
     }
     m = evaluation.metrics
     get_run_logger().info(

@@ -276,8 +276,10 @@ def log_run(
     node_data: NodeDataRef,
     trained: TrainResult,
     evaluation: EvaluationRef,
+    notes: str = "",
 ) -> track_mod.TrackResult:
-    """Final metrics, plots, statistics, the model, its registered version and the champion alias."""
+    """Final metrics, plots, statistics, the model, its registered version and the champion alias;
+    ``notes``: more markdown for the run's artifact (the baseline and the health check)."""
     from tasks import track as track_mod
 
     history = read_history(trained)
@@ -294,7 +296,7 @@ def log_run(
     )
     create_markdown_artifact(
         key=("graphpipe-" + re.sub(r"[^a-z0-9-]+", "-", config.data.name.lower()))[:100],
-        markdown=track_mod.summary_markdown(tracked, evaluation.metrics, trained),
+        markdown=track_mod.summary_markdown(tracked, evaluation.metrics, trained) + (f"\n{notes}" if notes else ""),
         description=f"graphpipe run on {config.data.name}",
     )
     return tracked

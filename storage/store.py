@@ -10,6 +10,7 @@
         partitions/<fingerprint>/    METIS clusters and the permuted CSR (.npy) + manifest.json
         node_data/<fingerprint>/     features, labels, split in partition order (.npy) + manifest.json
         checkpoints/<key>/           training checkpoints (last.pt, best.pt)
+        tuned/                       best.yaml + best.json from `graphpipe tune`, study.db (Optuna)
         predictions/<fingerprint>/   scored nodes (Parquet) + manifest.json
 
 Every directory is published whole (see :mod:`storage.atomic`); a directory with a
@@ -172,6 +173,11 @@ class Store:
 
     def predictions_dir(self, name: str, fingerprint: str) -> Path:
         return self.graph_dir(name) / "predictions" / fingerprint
+
+    def tuned_dir(self, name: str) -> Path:
+        """``graphpipe tune``'s output: ``best.yaml`` (the best config found), ``best.json`` (its
+        scores and trial), ``study.db`` (the Optuna study, so a tune resumes)."""
+        return self.graph_dir(name) / "tuned"
 
     # -- the current snapshot -------------------------------------------------------------
     def current_snapshot(self, name: str) -> SnapshotRef | None:

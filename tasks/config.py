@@ -210,6 +210,38 @@ class TrackConfig(_Section):
         return v
 
 
+class BaselineConfig(_Section):
+    """The features-only baseline trained beside every run (``baseline_val_acc``,
+    ``baseline_test_acc``): a 2-layer MLP (``hidden`` > 0) or logistic regression (``hidden: 0``)
+    on the same normalized features and split, with early stopping on validation accuracy."""
+
+    enabled: bool = True
+    hidden: int = Field(default=64, ge=0)
+    dropout: float = Field(default=0.5, ge=0, lt=1)
+    lr: float = Field(default=0.01, gt=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    epochs: int = Field(default=300, ge=1)
+    patience: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=4096, ge=1)
+    seed: int = 0
+
+
+class TuneConfig(_Section):
+    """``graphpipe tune``: an Optuna study (TPE, seeded; median pruning) over normalization, lr,
+    weight decay, hidden, dropout, layers and clusters per batch. ``trials`` is the study's total
+    (a rerun resumes it); ``patience``: early stopping of each trial. ``use_tuned``: runs take the
+    graph's best tuned config from the store (``<store>/graphs/<name>/tuned/best.yaml``) under
+    the explicit overrides."""
+
+    trials: int = Field(default=20, ge=1)
+    timeout: float | None = Field(default=None, gt=0)  # seconds for the whole study
+    seed: int = 0
+    patience: int = Field(default=20, ge=1)
+    prune_startup_trials: int = Field(default=4, ge=0)  # trials that run to the end before pruning starts
+    prune_warmup_epochs: int = Field(default=10, ge=0)  # epochs of every trial before it can be pruned
+    use_tuned: bool = False
+
+
 class PipelineConfig(_Section):
     store: str = "graphpipe-store"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -218,6 +250,8 @@ class PipelineConfig(_Section):
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     progress: bool = False
 
     @field_validator("store")

@@ -1,0 +1,312 @@
+"""Hyper-parameter search for one graph: an Optuna study over the cached snapshot and partition.
+
+The space: normalization (``row``, ``standard``, ``none``), learning rate, weight decay, hidden
+size, dropout, number of layers and clusters per batch. The sampler is TPE (seeded); bad trials
+are pruned by a median rule on the validation accuracy reported after every epoch (through the
+training's ``on_epoch`` callback). The first trial of a new study is the configured (default)
+setting, so the best trial is never worse than the defaults on validation accuracy.
+
+Every trial is an MLflow child run (tag ``mlflow.parentRunId``) of the tune's parent run, with its
+config as params and its per-epoch metrics; a pruned one says so (tag ``graphpipe.tune_state``).
+Normalization is computed per trial only when it changes (the store caches it by fingerprint);
+the METIS partition is computed once.
+
+The study lives in ``<store>/graphs/<name>/tuned/study.db`` (SQLite), named after the data and
+partition fingerprints and the search space, so a tune that is stopped resumes where it was
+(``tune.trials`` is the study's total). The best config is written to ``tuned/best.yaml`` (usable
+as ``--config`` or through ``tune.use_tuned``), its scores to ``tuned/best.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_args
+
+import numpy as np
+import yaml
+
+from storage.arrays import ClusterGraph
+from storage.atomic import read_json, write_bytes, write_json
+from storage.fingerprint import fingerprint_value
+from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store
+from tasks import track as track_mod
+from tasks.config import NormalizeConfig, PipelineConfig, load_config
+from tasks.errors import InputError
+from tasks.tuned import BEST_YAML
+from tasks.evaluate import predict_full_graph, split_metrics
+from tasks.model import load_trained, resolve_device
+from tasks.train import resolve_clusters_per_batch, train_cluster_gcn
+
+if TYPE_CHECKING:  # optuna is imported where it is used
+    import optuna
+
+log = logging.getLogger(__name__)
+
+SPACE_VERSION = "space-v1"
+BEST_JSON = "best.json"
+STUDY_DB = "study.db"
+# every normalization the config knows, but "auto" (which is one of them)
+NORMALIZATIONS = [m for m in get_args(NormalizeConfig.model_fields["method"].annotation) if m != "auto"]
+HIDDEN = [64, 128, 256]
+LR = (1e-3, 5e-2)
+WEIGHT_DECAY = (1e-7, 1e-2)
+DROPOUT = (0.0, 0.7, 0.1)
+LAYERS = (2, 3)
+# keys a tuned config sets (with train.epochs and train.patience, so a run repeats the trial)
+TUNED_KEYS = ("normalize.method", "train.lr", "train.weight_decay", "train.hidden", "train.dropout",
+              "train.num_layers", "train.clusters_per_batch")
+
+
+def suggest(trial: optuna.Trial, num_parts: int) -> dict[str, Any]:
+    """One point of the search space as dotted config keys."""
+    return {
+        "normalize.method": trial.suggest_categorical("normalize.method", NORMALIZATIONS),
+        "train.lr": trial.suggest_float("train.lr", *LR, log=True),
+        "train.weight_decay": trial.suggest_float("train.weight_decay", *WEIGHT_DECAY, log=True),
+        "train.hidden": trial.suggest_categorical("train.hidden", HIDDEN),
+        "train.dropout": trial.suggest_float("train.dropout", DROPOUT[0], DROPOUT[1], step=DROPOUT[2]),
+        "train.num_layers": trial.suggest_int("train.num_layers", *LAYERS),
+        "train.clusters_per_batch": trial.suggest_int("train.clusters_per_batch", 1, max(1, num_parts // 2), log=True),
+    }
+
+
+def default_point(config: PipelineConfig, method: str, clusters_per_batch: int, num_parts: int) -> dict[str, Any]:
+    """The configured setting as a point of the space (clamped into its ranges), enqueued as the
+    first trial of a new study: the tune's reference."""
+    tc = config.train
+
+    def clamp(v: float, lo: float, hi: float) -> float:
+        return float(min(max(v, lo), hi))
+
+    return {
+        "normalize.method": method,
+        "train.lr": clamp(tc.lr, *LR),
+        "train.weight_decay": clamp(tc.weight_decay, *WEIGHT_DECAY),
+        "train.hidden": min(HIDDEN, key=lambda h: abs(h - tc.hidden)),
+        "train.dropout": round(clamp(tc.dropout, DROPOUT[0], DROPOUT[1]), 1),
+        "train.num_layers": int(clamp(tc.num_layers, *LAYERS)),
+        "train.clusters_per_batch": int(clamp(clusters_per_batch, 1, max(1, num_parts // 2))),
+    }
+
+
+@dataclass
+class TuneResult:
+    """What a tune found: the best trial, the default trial, counts, and where things are."""
+
+    best_params: dict[str, Any]
+    best_val_acc: float
+    best_test_acc: float
+    best_trial: int
+    default_val_acc: float | None
+    default_test_acc: float | None
+    trials: dict[str, int]
+    seconds: float
+    best_yaml: str
+    study_storage: str
+    study_name: str
+    parent_run: track_mod.RunRef | None = None
+    child_runs: list[str] = field(default_factory=list)
+
+
+def _test_accuracy(checkpoint_dir: str, node_data: NodeDataRef, num_classes: int, device: str) -> dict[str, float]:
+    model, _ = load_trained(checkpoint_dir)
+    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    dev = resolve_device(device)
+    pred = predict_full_graph(model.to(dev), graph, dev, scratch_dir=checkpoint_dir)
+    sm = split_metrics(pred, np.asarray(graph.y), np.asarray(graph.split), num_classes)
+    graph.release()
+    return sm.flat()
+
+
+Normalizer = Callable[[SnapshotRef, PipelineConfig], FeaturesRef]
+Layout = Callable[[PartitionRef, SnapshotRef, FeaturesRef, PipelineConfig], NodeDataRef]
+
+
+def tune_graph(
+    config: PipelineConfig,
+    snapshot: SnapshotRef,
+    partition: PartitionRef,
+    *,
+    normalize: Normalizer,
+    layout: Layout,
+    parent_tags: dict[str, str] | None = None,
+    run_name: str | None = None,
+) -> TuneResult:
+    """Run (or resume) the graph's study up to ``tune.trials`` trials (or ``tune.timeout``
+    seconds), each trial an MLflow child run under one parent run; save the best config.
+
+    ``normalize`` and ``layout`` produce a trial's normalized features and node data (the
+    pipeline's cached stages, or their plain functions).
+    """
+    import optuna
+
+    t0 = time.perf_counter()
+    tc = config.tune
+    default_features = normalize(snapshot, config)
+    graph = ClusterGraph.open(partition.path, layout(partition, snapshot, default_features, config).path)
+    num_parts = graph.num_parts
+    default_q = resolve_clusters_per_batch(graph, config.train)
+    default_method = default_features.method
+    graph.release()
+
+    tuned_dir = Store(config.store).tuned_dir(config.data.name)
+    tuned_dir.mkdir(parents=True, exist_ok=True)
+    storage_url = f"sqlite:///{tuned_dir / STUDY_DB}"
+    # each trial stops early after tune.patience epochs without a better validation accuracy
+    fixed = {"epochs": config.train.epochs, "patience": min(config.train.patience or tc.patience, tc.patience),
+             "rest": {k: v for k, v in config.train.model_dump(mode="json").items()
+                      if f"train.{k}" not in TUNED_KEYS and k not in ("epochs", "patience", "device", "prefetch",
+                                                                      "resume", "loader_workers", "warm_start")}}
+    study_name = "tune-" + fingerprint_value(SPACE_VERSION, NORMALIZATIONS, snapshot.fingerprint, partition.fingerprint, fixed)
+    with warnings.catch_warnings():  # heartbeats (trials of a killed tune are marked failed) are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180)
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=tc.seed), pruner=optuna.pruners.NopPruner())
+    done_before = len(study.trials)
+    # reseed on resume, so a resumed study does not replay the first run's random trials
+    study.sampler = optuna.samplers.TPESampler(seed=tc.seed + done_before, n_startup_trials=max(4, min(10, tc.trials // 2)))
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=tc.prune_startup_trials, n_warmup_steps=tc.prune_warmup_epochs)
+    TS = optuna.trial.TrialState
+    # the configured setting first, again if a stopped tune never finished it
+    if not any(t.user_attrs.get("default") and t.state in (TS.COMPLETE, TS.PRUNED, TS.WAITING) for t in study.trials):
+        study.enqueue_trial(default_point(config, default_method, default_q, num_parts),
+                            user_attrs={"default": True})
+
+    parent = track_mod.start_run(
+        config, {"graphpipe.kind": "tune", "graphpipe.tune_study": study_name, "graphpipe.tune_storage": storage_url,
+                 **(parent_tags or {})}, run_name=run_name or f"tune-{config.data.name}")
+    children: list[str] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, num_parts)
+        cfg = load_config(None, {**params, "train.epochs": fixed["epochs"], "train.patience": fixed["patience"],
+                                 "tune.use_tuned": False},
+                          base=config.model_dump(mode="json"))
+        features = normalize(snapshot, cfg)
+        node_data = layout(partition, snapshot, features, cfg)
+        child = track_mod.start_run(cfg, {"mlflow.parentRunId": parent.run_id, "graphpipe.kind": "tune-trial",
+                                          "graphpipe.tune_trial": str(trial.number),
+                                          "graphpipe.tune_default": str(bool(trial.user_attrs.get("default"))),
+                                          "graphpipe.normalization": features.method},
+                                    run_name=f"trial-{trial.number}")
+        children.append(child.run_id)
+        trial.set_user_attr("mlflow_run_id", child.run_id)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            track_mod.log_epoch(child, epoch, metrics)
+            val = metrics.get("val_acc")
+            if val is None or math.isnan(val):
+                return
+            trial.report(val, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"trial {trial.number} pruned at epoch {epoch} (val_acc {val:.4f})")
+
+        try:
+            trained = train_cluster_gcn(node_data, cfg, on_epoch=on_epoch)
+        except optuna.TrialPruned as pruned:
+            track_mod.log_tags(child, {"graphpipe.tune_state": "pruned", "graphpipe.tune_pruned": str(pruned)})
+            track_mod.end_run(child, "FINISHED")
+            log.info("%s", pruned)
+            raise
+        except BaseException as exc:
+            track_mod.log_tags(child, {"graphpipe.tune_state": "failed"})
+            track_mod.end_run(child, "FAILED", reason=f"{type(exc).__name__}: {exc}")
+            raise
+        scores = _test_accuracy(trained.checkpoint_dir, node_data, trained.num_classes, cfg.train.device)
+        track_mod.log_epoch(child, 0, {**scores, "best_epoch": trained.best_epoch})
+        track_mod.log_tags(child, {"graphpipe.tune_state": "complete", "graphpipe.best_epoch": trained.best_epoch,
+                                   "graphpipe.epochs_run": trained.epochs_run})
+        track_mod.end_run(child, "FINISHED")
+        trial.set_user_attr("test_acc", scores["test_acc"])
+        trial.set_user_attr("train_acc", scores["train_acc"])
+        log.info("trial %d: val_acc %.4f, test_acc %.4f (%s)", trial.number, scores["val_acc"], scores["test_acc"],
+                 {k.split(".", 1)[1]: v for k, v in params.items()})
+        return float(trained.best_val_acc)
+
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    try:
+        remaining = tc.trials - len(study.get_trials(deepcopy=False, states=counted))
+        if remaining > 0:
+            study.optimize(objective, n_trials=remaining, timeout=tc.timeout, gc_after_trial=False,
+                           callbacks=[optuna.study.MaxTrialsCallback(tc.trials, states=counted)])
+        result = _finish(config, study, tuned_dir, storage_url, study_name, fixed, time.perf_counter() - t0)
+    except BaseException as exc:
+        track_mod.end_run(parent, "FAILED", reason=f"{type(exc).__name__}: {exc}")
+        raise
+    result.parent_run, result.child_runs = parent, children
+    _log_parent(parent, result, study)
+    track_mod.end_run(parent, "FINISHED")
+    return result
+
+
+def _finish(config: PipelineConfig, study: optuna.Study, tuned_dir: Path, storage_url: str, study_name: str,
+            fixed: dict[str, Any], seconds: float) -> TuneResult:
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise InputError(f"tune of {config.data.name}: no trial completed (all {len(study.trials)} pruned or failed); "
+                         "raise tune.trials or tune.timeout")
+    best = max(complete, key=lambda t: (t.value, -t.number))  # ties: the earlier trial (the default first)
+    default = next((t for t in complete if t.user_attrs.get("default")), None)
+    states = [t.state.name.lower() for t in study.trials]
+    counts = {s: states.count(s) for s in sorted(set(states))}
+    params = dict(best.params)
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in {**params, "train.epochs": fixed["epochs"], "train.patience": fixed["patience"]}.items():
+        section, name = key.split(".", 1)
+        sections.setdefault(section, {})[name] = value
+    header = (f"# graphpipe tune: best of {len(complete)} completed trials of study {study_name} on graph "
+              f"{config.data.name}\n# trial {best.number}: val_acc {best.value:.4f}, test_acc "
+              f"{best.user_attrs.get('test_acc', float('nan')):.4f}. Use with --config, or --set tune.use_tuned=true.\n")
+    best_yaml = tuned_dir / BEST_YAML
+    write_bytes(best_yaml, (header + yaml.safe_dump(sections, sort_keys=False)).encode())
+    result = TuneResult(
+        best_params=params,
+        best_val_acc=float(best.value),
+        best_test_acc=float(best.user_attrs.get("test_acc", float("nan"))),
+        best_trial=best.number,
+        default_val_acc=float(default.value) if default else None,
+        default_test_acc=float(default.user_attrs["test_acc"]) if default and "test_acc" in default.user_attrs else None,
+        trials=counts,
+        seconds=seconds,
+        best_yaml=str(best_yaml),
+        study_storage=storage_url,
+        study_name=study_name,
+    )
+    write_json(tuned_dir / BEST_JSON, {
+        "graph": config.data.name, "study": study_name, "storage": storage_url, "trial": best.number,
+        "params": params, "val_acc": result.best_val_acc, "test_acc": result.best_test_acc,
+        "default_val_acc": result.default_val_acc, "default_test_acc": result.default_test_acc,
+        "trials": counts, "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+    })
+    return result
+
+
+def _log_parent(parent: track_mod.RunRef, result: TuneResult, study: optuna.Study) -> None:
+    metrics = {"best_val_acc": result.best_val_acc, "best_test_acc": result.best_test_acc,
+               "tune_seconds": result.seconds, **{f"trials_{k}": float(v) for k, v in result.trials.items()}}
+    if result.default_val_acc is not None:
+        metrics["default_val_acc"] = result.default_val_acc
+    if result.default_test_acc is not None:
+        metrics["default_test_acc"] = result.default_test_acc
+    track_mod.log_epoch(parent, 0, metrics)
+    track_mod.log_tags(parent, {"graphpipe.tune_best_trial": result.best_trial,
+                                "graphpipe.tuned_config": result.best_yaml,
+                                **{f"graphpipe.tune_best.{k}": v for k, v in result.best_params.items()}})
+    client = track_mod._client(parent.tracking_uri)
+    client.log_artifact(parent.run_id, result.best_yaml, "tuned")
+    client.log_artifact(parent.run_id, str(Path(result.best_yaml).with_name(BEST_JSON)), "tuned")
+
+
+def read_best(config: PipelineConfig) -> dict[str, Any] | None:
+    """``tuned/best.json`` of the graph (scores, trial, params), or ``None``."""
+    path = Store(config.store).tuned_dir(config.data.name) / BEST_JSON
+    return read_json(path) if path.is_file() else None
