@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows import stages
-from storage.store import NodeDataRef, PartitionRef
+from storage.store import NodeDataRef, PartitionRef, Store
 from tasks.config import PipelineConfig, load_config
 from tasks.track import RunRef, end_run, ui_command
 
@@ -26,6 +26,13 @@ from tasks.track import RunRef, end_run, ui_command
 def resolve(config: PipelineConfig | dict | None, config_file: str | None, overrides: dict[str, Any] | None) -> PipelineConfig:
     """The flow's parameters as one validated config: ``config``, then the file, then overrides."""
     return load_config(config_file, overrides, base=config)
+
+
+def _graph_lock(cfg: PipelineConfig):
+    """The graph's lock in the store, held while a flow writes it: a second run of the same graph
+    waits (saying for whom) up to ``lock_timeout_seconds``, then stops with a clear error. Training
+    on a deployment runs under the lock its parent flow holds."""
+    return Store(cfg.store).lock(cfg.data.name, cfg.lock_timeout_seconds)
 
 
 def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dict[str, Any]:
@@ -84,8 +91,9 @@ def graph_pipeline(
     """
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
-    snapshot = stages.ingest(cfg)
-    return _train_and_track(cfg, snapshot, train_on)
+    with _graph_lock(cfg):
+        snapshot = stages.ingest(cfg)
+        return _train_and_track(cfg, snapshot, train_on)
 
 
 @flow(name="graph-ingest")
@@ -93,7 +101,9 @@ def ingest_flow(config: PipelineConfig | None = None, config_file: str | None = 
                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """ingest only: the snapshot becomes the graph's current one."""
     stages.forward_library_logs()
-    snapshot = stages.ingest(resolve(config, config_file, overrides))
+    cfg = resolve(config, config_file, overrides)
+    with _graph_lock(cfg):
+        snapshot = stages.ingest(cfg)
     return {"snapshot": snapshot.path, "fingerprint": snapshot.fingerprint}
 
 
@@ -103,10 +113,11 @@ def partition_flow(config: PipelineConfig | None = None, config_file: str | None
     """normalize + partition the current snapshot."""
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
-    snapshot = stages.current_snapshot(cfg)
-    features = stages.normalize(snapshot, cfg)
-    partition = stages.partition(snapshot, cfg)
-    node_data = stages.layout(partition, snapshot, features, cfg)
+    with _graph_lock(cfg):
+        snapshot = stages.current_snapshot(cfg)
+        features = stages.normalize(snapshot, cfg)
+        partition = stages.partition(snapshot, cfg)
+        node_data = stages.layout(partition, snapshot, features, cfg)
     return {"snapshot": snapshot.path, "partition": partition.path, "node_data": node_data.path}
 
 
@@ -116,7 +127,8 @@ def train_flow(config: PipelineConfig | None = None, config_file: str | None = N
     """Train on the current snapshot (normalize and partition reused when cached)."""
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
-    return _train_and_track(cfg, stages.current_snapshot(cfg), train_on)
+    with _graph_lock(cfg):
+        return _train_and_track(cfg, stages.current_snapshot(cfg), train_on)
 
 
 @flow(name="graph-train-stage")

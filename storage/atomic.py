@@ -6,6 +6,7 @@ complete, so a reader never sees half an output and a failed run leaves the prev
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,9 +16,47 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import InputError
+
 
 def _tmp_sibling(final: Path) -> Path:
     return final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_STAGE_OF = {"snapshots": "ingest", "features": "normalize", "partitions": "partition",
+             "node_data": "layout-node-data", "checkpoints": "train", "evaluation": "evaluate",
+             "predictions": "evaluate", "warm_start": "champion-weights"}
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT/EFBIG, also when a library (pyarrow) reports it only in its message."""
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    text = str(exc)
+    return isinstance(exc, OSError) and ("No space left on device" in text or "Disk quota exceeded" in text
+                                         or "[errno 28]" in text or "File too large" in text)
+
+
+def stage_of(path: Path) -> str:
+    """The pipeline stage that writes ``path`` in the store layout (for error messages)."""
+    for part in (path.name, path.parent.name, path.parent.parent.name):
+        if part in _STAGE_OF:
+            return _STAGE_OF[part]
+    return "store"
+
+
+class StoreFullError(InputError):
+    """The store's disk (or quota) is full: the message names the stage and the path; nothing
+    partial was published. Reported like a user's mistake (one line, exit status 2, no retries)."""
+
+
+def _disk_full_error(exc: BaseException, final: Path) -> StoreFullError:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    return StoreFullError(
+        f"{stage_of(final)} stage: no space left while writing {final} ({why}); the temporary files "
+        f"were removed and the previous output is still current: free space on that disk and run again"
+    )
 
 
 @contextmanager
@@ -49,8 +88,10 @@ def publish_dir(final: str | os.PathLike, *, replace: bool = False) -> Iterator[
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(exc):
+            raise _disk_full_error(exc, final) from exc
         raise
 
 
@@ -65,9 +106,29 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _is_disk_full(exc):
+            raise _disk_full_error(exc, path) from exc
         raise
+
+
+def reserve(path: str | os.PathLike) -> None:
+    """Allocate a file's full size on disk now (``posix_fallocate``), so that a full disk is an
+    ``OSError`` (ENOSPC) here rather than a SIGBUS later when pages of a memory map of it are
+    written. Call it on a ``.npy`` file opened with ``open_memmap(mode="w+")`` before filling it."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # not supported there: best effort
+                    return
+                raise
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -150,6 +150,8 @@ class PipelineConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
     progress: bool = False
+    # how long a run waits for another run of the same graph to release the store's lock
+    lock_timeout_seconds: float = Field(default=600.0, ge=0)
 
     def flat(self) -> dict[str, Any]:
         """The config as ``{"section.key": value}``: the form MLflow params take."""
