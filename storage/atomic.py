@@ -113,6 +113,19 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+@contextmanager
+def disk_full_as_error(path: str | os.PathLike) -> Iterator[None]:
+    """Report a full disk met in the body as :class:`StoreFullError` naming ``path``'s stage."""
+    try:
+        yield
+    except StoreFullError:
+        raise
+    except OSError as exc:
+        if _is_disk_full(exc):
+            raise _disk_full_error(exc, Path(path)) from exc
+        raise
+
+
 def reserve(path: str | os.PathLike) -> None:
     """Allocate a file's full size on disk now (``posix_fallocate``), so that a full disk is an
     ``OSError`` (ENOSPC) here rather than a SIGBUS later when pages of a memory map of it are

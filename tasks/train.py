@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from storage.arrays import ClusterGraph
-from storage.atomic import write_bytes
+from storage.atomic import disk_full_as_error, write_bytes
 from storage.fingerprint import fingerprint_value
 from storage.locks import checkpoint_lock
 from storage.snapshot import SPLIT_TRAIN
@@ -285,7 +285,7 @@ def _one_training_per_checkpoint_dir(fn: Callable[..., TrainResult]) -> Callable
         config: PipelineConfig = bound["config"]
         key = checkpoint_key(bound["node_data"], config.train, bound.get("init_from"))
         ckpt_dir = Store(config.store).checkpoint_dir(config.data.name, key)
-        with checkpoint_lock(ckpt_dir, timeout=config.lock_timeout_seconds):
+        with checkpoint_lock(ckpt_dir, timeout=config.lock_timeout_seconds), disk_full_as_error(ckpt_dir):
             return fn(*args, **kwargs)
 
     return locked

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -23,13 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--until", choices=STAGES, default="evaluate")
     args = p.parse_args(argv)
 
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     from storage.store import Store
     from tasks.config import load_config
-    from tasks.evaluate import evaluate_model
-    from tasks.ingest import ingest_graph
-    from tasks.normalize import normalize_features
-    from tasks.partition import layout_node_data, partition_graph
-    from tasks.train import train_cluster_gcn
 
     cfg = load_config(None, None, base=json.loads(open(args.config).read()))
     out: dict = {"pid": os.getpid()}
@@ -41,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         return value
 
     with Store(cfg.store).lock(cfg.data.name, cfg.lock_timeout_seconds):
+        from tasks.evaluate import evaluate_model
+        from tasks.ingest import ingest_graph
+        from tasks.normalize import normalize_features
+        from tasks.partition import layout_node_data, partition_graph
+        from tasks.train import train_cluster_gcn
+
         snap = step("ingest", lambda: ingest_graph(cfg))
         out["snapshot"] = snap.fingerprint
         if args.until != "ingest":
@@ -66,4 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tasks.errors import InputError
+
+    try:
+        sys.exit(main())
+    except InputError as e:  # as the command line reports it
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
