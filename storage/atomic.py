@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -29,13 +30,31 @@ _STAGE_OF = {"snapshots": "ingest", "features": "normalize", "partitions": "part
              "predictions": "evaluate", "warm_start": "champion-weights"}
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT/EFBIG, also when a library (pyarrow) reports it only in its message."""
-    if isinstance(exc, OSError) and exc.errno in _FULL:
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+
+
+def _is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
+    """ENOSPC/EDQUOT/EFBIG, also when a library reports it only in its message (pyarrow), or as a
+    short write without an errno (numpy's ``tofile``: "N requested and M written") on a file
+    system that has less room left than was requested."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in _FULL:
         return True
     text = str(exc)
-    return isinstance(exc, OSError) and ("No space left on device" in text or "Disk quota exceeded" in text
-                                         or "[errno 28]" in text or "File too large" in text)
+    if any(m in text for m in ("No space left on device", "Disk quota exceeded", "[errno 28]", "File too large")):
+        return True
+    short = _SHORT_WRITE.search(text)
+    if short and path is not None:
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            st = os.statvfs(probe)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < int(short.group(1))
+    return False
 
 
 def stage_of(path: Path) -> str:
@@ -89,8 +108,9 @@ def publish_dir(final: str | os.PathLike, *, replace: bool = False) -> Iterator[
             shutil.rmtree(tmp, ignore_errors=True)
         _fsync_dir(final.parent)
     except BaseException as exc:
+        full = _is_disk_full(exc, final)  # before the space is freed
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_disk_full(exc):
+        if full:
             raise _disk_full_error(exc, final) from exc
         raise
 
@@ -107,8 +127,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
+        full = _is_disk_full(exc, path)
         tmp.unlink(missing_ok=True)
-        if _is_disk_full(exc):
+        if full:
             raise _disk_full_error(exc, path) from exc
         raise
 
@@ -121,7 +142,7 @@ def disk_full_as_error(path: str | os.PathLike) -> Iterator[None]:
     except StoreFullError:
         raise
     except OSError as exc:
-        if _is_disk_full(exc):
+        if _is_disk_full(exc, Path(path)):
             raise _disk_full_error(exc, Path(path)) from exc
         raise
 

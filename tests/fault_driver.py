@@ -38,15 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         return value
 
     with Store(cfg.store).lock(cfg.data.name, cfg.lock_timeout_seconds):
-        from tasks.evaluate import evaluate_model
-        from tasks.ingest import ingest_graph
-        from tasks.normalize import normalize_features
-        from tasks.partition import layout_node_data, partition_graph
-        from tasks.train import train_cluster_gcn
+        from tasks.ingest import ingest_graph  # the later stages' modules (torch) only when needed
 
         snap = step("ingest", lambda: ingest_graph(cfg))
         out["snapshot"] = snap.fingerprint
         if args.until != "ingest":
+            from tasks.normalize import normalize_features
+            from tasks.partition import layout_node_data, partition_graph
+
             feats = step("normalize", lambda: normalize_features(snap, cfg))
             out["features"] = feats.fingerprint
         if args.until not in ("ingest", "normalize"):
@@ -56,12 +55,16 @@ def main(argv: list[str] | None = None) -> int:
             nd = step("layout", lambda: layout_node_data(part, snap, feats, cfg))
             out["node_data"] = nd.fingerprint
         if args.until in ("train", "evaluate"):
+            from tasks.train import train_cluster_gcn
+
             trained = step("train", lambda: train_cluster_gcn(nd, cfg))
             out["resumed_from_epoch"] = trained.resumed_from_epoch
             out["epochs_run"] = trained.epochs_run
             out["best_val_acc"] = trained.best_val_acc
             out["checkpoint_dir"] = trained.checkpoint_dir
         if args.until == "evaluate":
+            from tasks.evaluate import evaluate_model
+
             ev = step("evaluate", lambda: evaluate_model(trained, nd, snap, cfg))
             out["test_acc"] = ev.metrics["test_acc"]
     print("result " + json.dumps(out), flush=True)
