@@ -280,9 +280,9 @@ def test_disk_full_while_publishing_is_a_clear_error_and_keeps_the_previous_outp
 # -- item 6: two runs of one graph at once ----------------------------------------------------
 def test_second_run_waits_for_the_first_and_both_succeed(graph, reference, tmp_path):
     store = tmp_path / "store"
-    first = start_driver(write_config(tmp_path / "a.json", store, graph, train__epochs=60), "train")
+    first = start_driver(write_config(tmp_path / "a.json", store, graph), "train")
     wait_for(lambda: "stage ingest start" in log_of(first), "the first run to start", proc=first)
-    rc, text, result = run_driver(write_config(tmp_path / "b.json", store, graph, lock_timeout_seconds=900), "train")
+    rc, text, result = run_driver(write_config(tmp_path / "b.json", store, graph, lock_timeout_seconds=900), "layout")
     assert first.wait(timeout=900) == 0, log_of(first)
     assert rc == 0, text
     assert f"waiting for the lock on graph 'g' in store {store}, held by pid {first.pid}" in text
