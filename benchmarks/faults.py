@@ -514,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = _row(name, "", False, f"scenario raised {type(e).__name__}: {e}".replace("\n", " ")[:300])
                 traceback.print_exc()
             for r in out if isinstance(out, list) else [out]:
+                r["observed"] = str(r["observed"]).replace(str(root), "<work>")
                 rows.append(r)
                 print(f"[{time.monotonic() - t1:6.0f} s] {'pass' if r['ok'] else 'FAIL'}: {r['fault']}: {r['observed']}",
                       flush=True)
