@@ -13,7 +13,10 @@
         predictions/<fingerprint>/   scored nodes (Parquet) + manifest.json
 
 Every directory is published whole (see :mod:`storage.atomic`); a directory with a
-``manifest.json`` is complete. Fingerprints cover the inputs' content and the parameters, so a
+``manifest.json`` is complete. The manifest records each file's size and checksum: a reused output
+whose sizes do not match is treated as missing and rebuilt (:func:`reusable`), and
+``graphpipe verify`` checks every checksum (:mod:`storage.verify`). A run holds the graph's lock
+(``.lock``, :mod:`storage.locks`) while it writes. Fingerprints cover the inputs' content and the parameters, so a
 changed graph never reuses a stale output.
 """
 
