@@ -191,6 +191,36 @@ def test_sigkill_of_the_main_process_alone_ends_the_metis_child(tmp_path):
             pass
 
 
+def test_watchdog_ends_what_a_sigkilled_command_started(tmp_path):
+    """flows.reaper without Prefect: a grandchild (started by a child, as uvicorn's workers would
+    be) ends within 10 s of a SIGKILL of the command's main process; an unrelated process does not."""
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; from flows.reaper import reap_children_on_exit\n"
+         "reap_children_on_exit()\n"
+         "subprocess.Popen([sys.executable, '-c', 'import subprocess, time; subprocess.Popen([\"sleep\", \"600\"]); time.sleep(600)'])\n"
+         "print('started', flush=True); time.sleep(600)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        assert parent.stdout.readline().strip() == "started"
+        kids = wait_for(lambda: [k for k in psutil.Process(parent.pid).children(recursive=True)
+                                 if k.cmdline() == ["sleep", "600"]], "the grandchild", proc=parent)
+        procs = psutil.Process(parent.pid).children(recursive=True)
+        assert len(procs) >= 3 and kids  # watchdog, child, grandchild
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        t0 = time.monotonic()
+        wait_for(lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in procs), "them to end", 10)
+        assert time.monotonic() - t0 < 10
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        for p in psutil.Process(os.getpid()).children(recursive=True):
+            if p.pid == parent.pid:
+                p.kill()
+
+
 @pytest.mark.slow
 def test_sigkill_of_the_cli_alone_ends_prefects_server(graph, tmp_path):
     """The command line's watchdog: Prefect's embedded API server (uvicorn) ends within 10 s of a
