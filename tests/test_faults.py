@@ -26,7 +26,7 @@ import pytest
 from storage.store import Store, damage, read_manifest, verify_directory
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 20
+EPOCHS = 10
 
 
 # -- helpers ----------------------------------------------------------------------------------
