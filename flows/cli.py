@@ -12,7 +12,9 @@
     graphpipe verify    --store DIR --name NAME [--repair]
 
 A user's mistake prints one ``error:`` message (file, row or column, what was expected) and exits
-with status 2; no traceback.
+with status 2; no traceback. Inputs are checked (formats, columns) before Prefect's embedded server
+starts; if that server cannot start within its limit (:mod:`flows.startup`), one ``error:`` line
+and status 3.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,storage")
 
-from tasks.config import load_config  # noqa: E402
+from flows import quiet_errors  # noqa: E402
+from flows.startup import StartupError  # noqa: E402
+from tasks.config import load_config, redact_uri  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
 
 
@@ -47,6 +51,13 @@ def _add_common(p: argparse.ArgumentParser, *, inputs: bool) -> None:
                    help="override one config key, e.g. --set train.epochs=50; repeatable")
     p.add_argument("--experiment", help="MLflow experiment (default: graphpipe)")
     p.add_argument("--progress", action="store_true", help="log progress of long stages")
+    _add_startup_timeout(p)
+
+
+def _add_startup_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server-startup-timeout", type=int, metavar="SECONDS",
+                   help="how long to wait for the embedded Prefect API server to start (default: "
+                        "$GRAPHPIPE_SERVER_STARTUP_TIMEOUT, else Prefect's own setting if you set it, else 600)")
 
 
 def build_config(args: argparse.Namespace):
@@ -78,29 +89,59 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for split in ("train", "val", "test"):
         print(f"  {split:5s} accuracy {m[f'{split}_acc']:.4f}   macro-F1 {m[f'{split}_macro_f1']:.4f}")
     print(f"  predictions: {summary['predictions']}")
-    print(f"MLflow: run {ml['run_id']} in {ml['tracking_uri']}")
+    print(f"MLflow: run {ml['run_id']} in {redact_uri(ml['tracking_uri'])}")
     if ml.get("model_version"):
         state = "now champion" if ml["champion"] else "champion unchanged"
         print(f"  registered model {ml['model']} version {ml['model_version']} ({state})")
     print(f"  to look at it: {ml['ui']}")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from flows.pipeline import graph_pipeline
+def _start_prefect(args: argparse.Namespace):
+    """Start Prefect's embedded API server in the background (unless ``PREFECT_API_URL`` is set), with
+    graphpipe's start-up limit; call ``.wait()`` on the result before the first flow call."""
+    from flows.startup import EmbeddedServer
+
+    return EmbeddedServer(getattr(args, "server_startup_timeout", None)).begin()
+
+
+def _checked_inputs(args: argparse.Namespace, command: str):
+    """The config, with the input files checked (formats, columns) before Prefect starts."""
+    from tasks.ingest import check_inputs
 
     cfg = build_config(args)
     if not cfg.data.edges:
-        raise InputError("run needs at least one --edges FILE (or data.edges in the config file)")
+        raise InputError(f"{command} needs at least one --edges FILE (or data.edges in the config file)")
+    check_inputs(cfg.data)
+    return cfg
+
+
+def _checked_snapshot(args: argparse.Namespace):
+    """The config, with the graph's current snapshot checked to exist before Prefect starts."""
+    from storage.store import Store
+
+    cfg = build_config(args)
+    store = Store(cfg.store)
+    if store.current_snapshot(cfg.data.name) is None:
+        raise InputError(f"no snapshot of graph {cfg.data.name!r} in store {store.root}: run `graphpipe ingest` first")
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _checked_inputs(args, "run")
+    server = _start_prefect(args)
+    from flows.pipeline import graph_pipeline  # imported while the server starts
+
+    server.wait()
     _print_summary(graph_pipeline(cfg))
     return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    cfg = _checked_inputs(args, "ingest")
+    server = _start_prefect(args)
     from flows.pipeline import ingest_flow
 
-    cfg = build_config(args)
-    if not cfg.data.edges:
-        raise InputError("ingest needs at least one --edges FILE (or data.edges in the config file)")
+    server.wait()
     out = ingest_flow(cfg)
     print(f"snapshot {out['fingerprint']}: {out['snapshot']}")
     print(json.dumps(_manifest_counts(out["snapshot"]), indent=2))
@@ -108,18 +149,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
+    cfg = _checked_snapshot(args)
+    server = _start_prefect(args)
     from flows.pipeline import partition_flow
 
-    out = partition_flow(build_config(args))
+    server.wait()
+    out = partition_flow(cfg)
     print(f"partition: {out['partition']}")
     print(json.dumps(_manifest_counts(out["partition"]), indent=2))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _checked_snapshot(args)
+    server = _start_prefect(args)
     from flows.pipeline import train_flow
 
-    _print_summary(train_flow(build_config(args)))
+    server.wait()
+    _print_summary(train_flow(cfg))
     return 0
 
 
@@ -133,8 +180,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a community graph and run every stage on it with the default config."""
-    from flows.pipeline import graph_pipeline
     from tasks.generate import GeneratorConfig, generate_graph
+
+    server = _start_prefect(args)
+    from flows.pipeline import graph_pipeline
 
     root = Path(args.store).resolve()
     t0 = time.perf_counter()
@@ -147,6 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         base={"store": str(root), "progress": args.progress,
               "data": {"name": "demo", "edges": [str(gen.edges_path)], "nodes": str(gen.nodes_path)}},
     )
+    server.wait()
     _print_summary(graph_pipeline(cfg))
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0
@@ -204,6 +254,7 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--config", metavar="FILE")
     dp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     dp.add_argument("--progress", action="store_true")
+    _add_startup_timeout(dp)
     dp.set_defaults(fn=cmd_demo)
     _add_verify(sub)
     return p
@@ -215,11 +266,15 @@ def main(argv: list[str] | None = None) -> int:
         from flows.reaper import reap_children_on_exit
 
         reap_children_on_exit()  # no process this command starts outlives it, even after a SIGKILL
+    quiet_errors.install()  # a user's mistake: Prefect logs it without a traceback
     try:
         return args.fn(args)
     except InputError as e:
         print(f"\nerror: {e}", file=sys.stderr, flush=True)
         return 2
+    except StartupError as e:
+        print(f"\nerror: {e}", file=sys.stderr, flush=True)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -17,10 +17,17 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows import stages
+from flows import quiet_errors, stages
+from flows.startup import apply_startup_limit
 from storage.store import NodeDataRef, PartitionRef, Store
-from tasks.config import PipelineConfig, load_config
-from tasks.track import RunRef, end_run, ui_command
+from tasks.config import PipelineConfig, load_config, redact_uri
+
+# torch, PyG and MLflow (tasks.track, tasks.train...) are imported by the stages that use them, so
+# `graphpipe ingest` never loads them. Flow calls from Python wait for the embedded Prefect server
+# as long as the command line does (flows/startup.py).
+apply_startup_limit()
+
+quiet_errors.install()  # flow runs on workers too: no traceback for a user's mistake
 
 
 def resolve(config: PipelineConfig | dict | None, config_file: str | None, overrides: dict[str, Any] | None) -> PipelineConfig:
@@ -37,6 +44,8 @@ def _graph_lock(cfg: PipelineConfig):
 
 def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dict[str, Any]:
     """normalize -> partition -> train -> evaluate -> MLflow, given a snapshot."""
+    from tasks.track import end_run, ui_command
+
     features = stages.normalize(snapshot, cfg)
     partition = stages.partition(snapshot, cfg)
     node_data = stages.layout(partition, snapshot, features, cfg)
@@ -60,7 +69,7 @@ def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dic
         "metrics": evaluation.metrics,
         "predictions": f"{evaluation.path}/predictions.parquet",
         "mlflow": {
-            "tracking_uri": run.tracking_uri,
+            "tracking_uri": redact_uri(run.tracking_uri),
             "experiment_id": run.experiment_id,
             "run_id": run.run_id,
             "model": tracked.model_name,
@@ -137,6 +146,8 @@ def train_stage(
 ) -> dict[str, Any]:
     """Training alone, for a GPU work pool: reads the partitioned graph from the shared store,
     logs epochs to the MLflow run ``run``, writes checkpoints and its result back to the store."""
+    from tasks.track import RunRef
+
     stages.forward_library_logs()
     ref = NodeDataRef(**{**node_data, "partition": PartitionRef(**node_data["partition"])})
     return asdict(stages.train(ref, config, RunRef(**run), init_from))

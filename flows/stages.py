@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -27,11 +27,13 @@ from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, S
 from tasks import ingest as ingest_mod
 from tasks import normalize as normalize_mod
 from tasks import partition as partition_mod
-from tasks import track as track_mod
 from tasks.config import PipelineConfig
 from tasks.errors import InputError
-from tasks.evaluate import EvaluationRef, evaluate_model
-from tasks.train import TrainResult, checkpoint_key, train_cluster_gcn
+
+if TYPE_CHECKING:  # torch, PyG, MLflow: imported by the tasks that need them (`graphpipe ingest` never does)
+    from tasks import track as track_mod
+    from tasks.evaluate import EvaluationRef
+    from tasks.train import TrainResult
 
 LIBRARY_LOGGERS = ("tasks", "storage")
 
@@ -131,6 +133,8 @@ def layout(partition: PartitionRef, snapshot: SnapshotRef, features: FeaturesRef
 @task(name="start-tracking", **_retrying)
 def start_tracking(config: PipelineConfig, lineage: dict[str, str]) -> track_mod.RunRef:
     """Open the MLflow run: config as params, lineage and the Prefect flow run as tags."""
+    from tasks import track as track_mod
+
     tags = {**lineage, "prefect.flow_run_id": str(flow_run.get_id() or ""), "prefect.flow_run_name": str(flow_run.get_name() or "")}
     return track_mod.start_run(config, tags, run_name=flow_run.get_name())
 
@@ -138,6 +142,8 @@ def start_tracking(config: PipelineConfig, lineage: dict[str, str]) -> track_mod
 @task(name="champion-weights", **_retrying)
 def champion_weights(config: PipelineConfig) -> str | None:
     """The registered champion's weights for a warm start (``train.warm_start``), if any."""
+    from tasks import track as track_mod
+
     found = track_mod.champion_weights(config)
     if found is None:
         get_run_logger().info("warm start requested but there is no champion yet: starting from random weights")
@@ -148,6 +154,9 @@ def champion_weights(config: PipelineConfig) -> str | None:
 @task(name="train", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
 def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef, init_from: str | None = None) -> TrainResult:
     """Cluster-GCN training, per-epoch metrics to MLflow; a retry resumes from the checkpoint."""
+    from tasks import track as track_mod
+    from tasks.train import train_cluster_gcn
+
     logger = get_run_logger()
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -176,6 +185,8 @@ def train_on_deployment(
     The two sides share only the store and the Prefect API: the training run reads the
     partitioned graph from the store and writes its result file beside its checkpoints.
     """
+    from tasks.train import TrainResult, checkpoint_key
+
     logger = get_run_logger()
     logger.info("training on deployment %s", deployment)
     child = run_deployment(
@@ -195,6 +206,8 @@ def train_on_deployment(
 @task(name="evaluate", **_retrying)
 def evaluate(trained: TrainResult, node_data: NodeDataRef, snapshot: SnapshotRef, config: PipelineConfig) -> EvaluationRef:
     """Full-graph layer-wise inference with the best-validation weights; accuracy and macro-F1."""
+    from tasks.evaluate import evaluate_model
+
     return evaluate_model(trained, node_data, snapshot, config)
 
 
@@ -209,6 +222,8 @@ def log_run(
     evaluation: EvaluationRef,
 ) -> track_mod.TrackResult:
     """Final metrics, plots, statistics, the model, its registered version and the champion alias."""
+    from tasks import track as track_mod
+
     history = read_history(trained)
     tracked = track_mod.log_results(
         run,

@@ -236,6 +236,10 @@ class Store:
         self.root = Path(root).expanduser().resolve()
 
     def graph_dir(self, name: str) -> Path:
+        """``<root>/graphs/<name>``; ValueError for a name that is not one plain folder name, so
+        that no name (``..``, an absolute path, a NUL) can point outside the store."""
+        if not name or name.startswith(".") or any(c in "/\\" or ord(c) < 32 for c in name) or len(name) > 255:
+            raise ValueError(f"graph name {name[:100]!r} is not a plain folder name inside the store")
         return self.root / "graphs" / name
 
     def snapshot_dir(self, name: str, fingerprint: str) -> Path:

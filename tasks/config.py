@@ -8,9 +8,12 @@ default.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +21,40 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import InputError
+
+
+MAX_NAME = 100  # characters of a graph name: a folder name, and part of the registered model's name
+
+
+def plain_name_problem(name: str, max_length: int) -> str | None:
+    """Why ``name`` cannot be used as one folder name inside the store, or None if it can."""
+    if not name:
+        return "it is empty"
+    if len(name) > max_length:
+        return f"it has {len(name)} characters, at most {max_length} are allowed"
+    if any(c in name for c in "/\\"):
+        return "it contains '/' or '\\'"
+    if name.startswith("."):
+        return "it starts with '.'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it contains a control character (NUL, newline, ...)"
+    return None
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the credentials of any URI in it replaced by ``***``.
+
+    ``s3://KEY:SECRET@bucket`` -> ``s3://***@bucket``, ``https://user:pass@host`` -> ``https://***@host``,
+    and the values of query parameters such as ``token=``, ``password=``, ``X-Amz-Signature=``.
+    """
+    text = _URI_USERINFO.sub(r"\1***@", text)
+    return _SECRET_QUERY.sub(lambda m: f"{m.group(1)}=***", text)
+
+
+_URI_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s?#]+@")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&;](?:[a-z0-9_.-]*(?:token|secret|password|passwd|pwd|credential|signature|apikey|api_key|access_key|sig)[a-z0-9_.-]*))=[^&;#\s]*"
+)
 
 
 class _Section(BaseModel):
@@ -51,8 +88,17 @@ class DataConfig(_Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\") or v.startswith("."):
-            raise ValueError("graph name must be a plain folder name (no '/', not starting with '.')")
+        problem = plain_name_problem(v, MAX_NAME)
+        if problem:
+            raise ValueError(f"graph name must be a plain folder name: {problem}")
+        return v
+
+    @field_validator("edges", "nodes", "features")
+    @classmethod
+    def _paths(cls, v: Any) -> Any:
+        for path in v if isinstance(v, list) else [v]:
+            if path is not None and "\x00" in path:
+                raise ValueError("a file path cannot contain a NUL character")
         return v
 
 
@@ -140,6 +186,21 @@ class TrackConfig(_Section):
     log_model: bool = True
     embedding_plot_nodes: int = Field(default=5000, ge=10)
 
+    @field_validator("registered_model")
+    @classmethod
+    def _safe_model_name(cls, v: str | None) -> str | None:
+        problem = None if v is None else plain_name_problem(v, 200)
+        if problem:
+            raise ValueError(f"a registered model name must be a plain name: {problem}")
+        return v
+
+    @field_validator("tracking_uri", "experiment")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and "\x00" in v:
+            raise ValueError("cannot contain a NUL character")
+        return v
+
 
 class PipelineConfig(_Section):
     store: str = "graphpipe-store"
@@ -152,6 +213,19 @@ class PipelineConfig(_Section):
     progress: bool = False
     # how long a run waits for another run of the same graph to release the store's lock
     lock_timeout_seconds: float = Field(default=600.0, ge=0)
+
+    @field_validator("store")
+    @classmethod
+    def _local_store(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("the store path cannot contain a NUL character")
+        if v.startswith("file://"):
+            return urllib.parse.unquote(urllib.parse.urlparse(v).path)
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
+            raise ValueError(
+                f"{redact_uri(v)!r} is a URI; the store must be a local directory (or a mounted network path)"
+            )
+        return v
 
     def flat(self) -> dict[str, Any]:
         """The config as ``{"section.key": value}``: the form MLflow params take."""
@@ -172,23 +246,53 @@ class PipelineConfig(_Section):
         return {s: getattr(self, s).model_dump(mode="json") for s in sections}
 
 
-def _read_file(path: str | os.PathLike) -> dict[str, Any]:
+def _read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int]]:
+    """The file's settings and the line of each dotted key (YAML and JSON; none for TOML)."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: the config file is a directory; expected a YAML or TOML file")
     if not p.is_file():
         raise InputError(f"{p}: config file not found")
-    text = p.read_text()
+    if p.suffix.lower() not in (".toml", ".yaml", ".yml", ".json"):
+        raise InputError(f"{p}: config must be .yaml, .yml, .toml or .json")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{p}: cannot read the config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not UTF-8 text (byte {e.start + 1}); expected a YAML or TOML file") from None
+    lines: dict[str, int] = {}
     try:
         if p.suffix.lower() == ".toml":
             data = tomllib.loads(text)
-        elif p.suffix.lower() in (".yaml", ".yml", ".json"):
-            data = yaml.safe_load(text) or {}
         else:
-            raise InputError(f"{p}: config must be .yaml, .yml, .toml or .json")
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"{p}: not valid {p.suffix[1:].upper()}: {e}") from None
+            data = yaml.safe_load(text) or {}
+            lines = _key_lines(yaml.compose(text))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{p}: not valid TOML: {e}") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{p}: {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
-        raise InputError(f"{p}: expected a mapping of sections at the top level")
-    return data
+        raise InputError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data, lines
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = " ".join(str(getattr(e, "problem", None) or e).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}not valid YAML: {problem}"
+
+
+def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
+    """``{"train.epochs": line}`` for every key of a composed YAML mapping (1-based lines)."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            dotted = f"{prefix}{key.value}"
+            lines[dotted] = key.start_mark.line + 1
+            lines.update(_key_lines(value, dotted + "."))
+    return lines
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -213,12 +317,51 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _describe(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys allowed beside ``loc``'s last part (for "did you mean")."""
+    model: Any = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _describe(err: ValidationError, sources: dict[str, str], origin: str) -> str:
+    """One line for every problem: where it was set (file and line, or the override), key, what was expected."""
+    parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
+        loc = tuple(x for x in e["loc"] if not isinstance(x, int))
+        key = ".".join(str(x) for x in loc)
+        if e["type"] == "extra_forbidden":
+            what = "unknown key (Extra inputs are not permitted)"
+            close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1)
+            if close:
+                what += f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?"
+        else:
+            shown = repr(e.get("input"))
+            what = f"{e['msg']} (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+        children = [k for k in sources if k.startswith(key + ".")]
+        where = next((sources[k] for k in (key, *_prefixes(key), *children) if k in sources), origin)
+        where = where if len(where) <= 120 else where[:117] + "..."
+        what = " ".join(what.split()).replace("Value error, ", "")
+        parts.append(redact_uri(f"{where}: {key or 'config'}: {what}"))
+    return "; ".join(parts)
+
+
+def _prefixes(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+
+
+def _flat_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in data.items():
+        keys.append(f"{prefix}{k}")
+        if isinstance(v, dict):
+            keys.extend(_flat_keys(v, f"{prefix}{k}."))
+    return keys
 
 
 def load_config(
@@ -231,20 +374,25 @@ def load_config(
         data = base.model_dump(mode="json", exclude_unset=True)
     else:
         data = json.loads(json.dumps(base or {}))
-    origin = "defaults"
+    sources: dict[str, str] = {}  # dotted key -> where it was set, for error messages
     if path is not None:
-        file_data = _read_file(path)
+        file_data, lines = _read_file(path)
+        for key in _flat_keys(file_data):
+            sources[key] = f"{path}: line {lines[key]}" if key in lines else str(path)
         for section, values in file_data.items():
             if isinstance(values, dict) and isinstance(data.get(section), dict):
                 data[section].update(values)
             else:
                 data[section] = values
-        origin = str(path)
-    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
-    for key, value in items:
+    if isinstance(overrides, dict):
+        items = [(k, v, f"override {k}={v!r}") for k, v in overrides.items()]
+    else:
+        items = [(*parse_override(text), f"--set {text}") for text in overrides or []]
+    for key, value, text in items:
         _set_dotted(data, key, value)
-        origin += " + overrides"
+        for k in [key, *_flat_keys(value, key + ".")] if isinstance(value, dict) else [key]:
+            sources[k] = text
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        raise InputError(_describe(e, origin)) from None
+        raise InputError(_describe(e, sources, "invalid configuration")) from None

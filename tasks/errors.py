@@ -4,3 +4,8 @@
 class InputError(ValueError):
     """Bad input or configuration: the message names the file, the row or column, and what was
     expected. The command line prints it without a traceback."""
+
+
+class UnsafeFileError(InputError):
+    """A file from the store or the artifact store that graphpipe refuses to load because loading it
+    could run code (for example a checkpoint holding pickled objects rather than tensors)."""

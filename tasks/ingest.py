@@ -32,13 +32,17 @@ from tasks.config import DataConfig, PipelineConfig
 from tasks.errors import InputError
 from tasks.readers import (
     MASK_COLUMNS,
+    check_edge_file,
+    check_feature_file,
     check_finite,
+    first_true,
     column_features,
     edge_format,
     feature_columns_auto,
     file_exists,
     id_column_of,
     load_feature_file,
+    node_table_schema,
     normalize_ids,
     read_edge_file,
     read_node_table,
@@ -134,7 +138,29 @@ def ingest_counts(ref: SnapshotRef) -> dict[str, Any]:
 
 
 def input_files(data: DataConfig) -> dict[str, Any]:
-    """Every input file with its content fingerprint; InputError for a missing file or a bad combination."""
+    """Every input file with its content fingerprint; InputError for a missing file or a bad combination
+    (:func:`check_inputs` first)."""
+    check_inputs(data)
+
+    def entry(path: str, what: str) -> dict[str, str]:
+        try:
+            return {"path": path, "fingerprint": fingerprint_file(file_exists(path, what))}
+        except OSError as e:  # an I/O error
+            raise _unreadable(path, what, e) from None
+
+    return {
+        "edges": [entry(p, "edge file (data.edges)") for p in data.edges],
+        "nodes": entry(data.nodes, "node table (data.nodes)") if data.nodes else None,
+        "features": entry(data.features, "feature file (data.features)") if data.features else None,
+    }
+
+
+def check_inputs(data: DataConfig) -> None:
+    """What can be checked without reading the rows: settings that fit together, every file there and
+    readable, each edge file's format and src/dst columns, the node table's id, label, split and
+    feature columns, the feature file's kind and shape. Reads first lines and schemas only (about a
+    millisecond a file): the command line runs it before starting Prefect, ingest runs it again.
+    """
     if not data.edges:
         raise InputError("data.edges: at least one edge file is required")
     if data.nodes is None:
@@ -144,15 +170,35 @@ def input_files(data: DataConfig) -> dict[str, Any]:
                 raise InputError(f"data.{key} is set but there is no node table (data.nodes)")
     if data.feature_columns and data.features:
         raise InputError("set data.feature_columns or data.features, not both")
+    for path in data.edges:
+        check_edge_file(readable_file(path, "edge file (data.edges)"), edge_format(path, data.edge_format),
+                        data.src_column, data.dst_column)
+    if data.nodes:
+        table = node_table_schema(readable_file(data.nodes, "node table (data.nodes)"))
+        id_column_of(table, data.nodes, data.id_column)
+        label_column_of(table, data.nodes, data.label_column)
+        split_columns_of(table, data.nodes, data.split_column)
+        missing = [c for c in data.feature_columns or [] if c not in table.column_names]
+        if missing:
+            raise InputError(
+                f"{data.nodes}: feature column(s) {missing} (data.feature_columns) not found; columns found: {table.column_names}"
+            )
+    if data.features:
+        check_feature_file(readable_file(data.features, "feature file (data.features)"))
 
-    def entry(path: str, what: str) -> dict[str, str]:
-        return {"path": path, "fingerprint": fingerprint_file(file_exists(path, what))}
 
-    return {
-        "edges": [entry(p, "edge file (data.edges)") for p in data.edges],
-        "nodes": entry(data.nodes, "node table (data.nodes)") if data.nodes else None,
-        "features": entry(data.features, "feature file (data.features)") if data.features else None,
-    }
+def readable_file(path: str, what: str) -> str:
+    """``path`` if it is a file this process may read, else an InputError naming the setting."""
+    try:
+        with open(file_exists(path, what), "rb"):
+            pass
+    except OSError as e:  # no permission to read it
+        raise _unreadable(path, what, e) from None
+    return path
+
+
+def _unreadable(path: str, what: str, e: OSError) -> InputError:
+    return InputError(f"{path}: cannot read the {what}: {e.strerror or e}")
 
 
 def snapshot_fingerprint(config: PipelineConfig, inputs: dict[str, Any]) -> str:
@@ -184,6 +230,8 @@ def build_graph(
         for path in data.edges
     ]
     sources = [EdgeSource(f.path, f.src_name, f.dst_name, f.rows) for f in files]
+    if nodes is None:
+        _check_same_id_kind(files)
     as_string = string_ids or not all(f.is_int for f in files)
     src_ids, dst_ids = _concat([f.src for f in files], as_string), _concat([f.dst for f in files], as_string)
     del files  # the Arrow copies of the ids
@@ -199,6 +247,12 @@ def build_graph(
     split, split_source = _final_split(config, labels, split)
     rows = len(src)
     src, dst, self_loops, duplicates = canonical_edges(src, dst, num_nodes)
+    if len(src) == 0:
+        names = ", ".join(f.path for f in sources)
+        raise InputError(
+            f"{names}: all {rows:,} edge rows are self-loops (src = dst in every row); "
+            "expected at least one edge between two different nodes"
+        )
     counts = {
         "edge_rows_per_file": [{"file": f.path, "rows": f.rows} for f in sources],
         "edge_rows_total": rows,
@@ -221,6 +275,27 @@ def build_graph(
     }
     tables = GraphTables(src, dst, _output_ids(node_ids), labels.values, split, features, labels.names)
     return tables, counts, labels.names
+
+
+def _check_same_id_kind(files: list) -> None:
+    """Without a node table, every edge file's ids must be integers, or every file's strings."""
+    ints = [f for f in files if f.is_int]
+    strings = [f for f in files if not f.is_int]
+    if not (ints and strings):
+        return
+    f = strings[0]
+    found = []  # (row, column, value) of the first non-integer id of each column
+    for name, col in ((f.src_name, f.src), (f.dst_name, f.dst)):
+        text = pc.invert(pc.match_substring_regex(col, r"^[+-]?[0-9]+$"))
+        if pc.any(text).as_py():
+            row = first_true(text)
+            found.append((row, name, col[row].as_py()))
+    row, column, value = min(found, key=lambda t: t[0]) if found else (0, f.src_name, f.src[0].as_py())
+    raise InputError(
+        f"{f.path}: row {row + 1}: node id {value!r} in column {column!r} is a string, but the ids in "
+        f"{ints[0].path} are integers; node ids must be all integers or all strings (with a node table of "
+        "string ids, integer-looking edge ids compare as strings)"
+    )
 
 
 # -- the node table -----------------------------------------------------------------------------

@@ -8,17 +8,21 @@ normalization computed by PyG), which is what the exported predictor uses.
 
 from __future__ import annotations
 
+import pickle
+import re
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GCNConv, SAGEConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
-from tasks.errors import InputError
+from tasks.errors import InputError, UnsafeFileError
 
 MODEL_FILE = "model.pt"
 
@@ -147,7 +151,38 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint written by :func:`plain_checkpoint` + ``torch.save``, loaded without unpickling
+    anything but tensors, numbers, strings, lists and dicts (``weights_only=True``): the store and
+    the MLflow artifact store (a champion's weights) are never trusted to run code.
+
+    Raises :class:`~tasks.errors.UnsafeFileError` (one line) for a file holding anything else."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        reason = f"it would call {found.group(1)}" if found else "it holds objects other than tensors and plain data"
+        raise UnsafeFileError(
+            f"{path}: refused to load this checkpoint: {reason} (checkpoints may only hold tensors, numbers, "
+            "strings, lists and dicts; nothing else is ever unpickled, so a tampered file cannot run code)"
+        ) from None
+
+
+def plain_checkpoint(obj: Any) -> Any:
+    """``obj`` with numpy scalars and arrays turned into Python numbers and tensors, so that
+    :func:`load_checkpoint` (``weights_only=True``) accepts it; other types are an error here, at
+    save time, rather than a refused checkpoint later."""
+    if isinstance(obj, np.generic):  # before float: np.float64 is a float subclass, pickled as numpy
+        return obj.item()
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, dict):  # an OrderedDict (a state dict) stays one; other mappings become dicts
+        kind = OrderedDict if isinstance(obj, OrderedDict) else dict
+        return kind((k, plain_checkpoint(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return (tuple if type(obj) is tuple else list)(plain_checkpoint(v) for v in obj)
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (tensors and plain data only)")
 
 
 def load_trained(checkpoint_dir: str | Path) -> tuple[GNN, dict[str, Any]]:

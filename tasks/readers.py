@@ -17,6 +17,7 @@ import csv
 import functools
 import logging
 import re
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ ID_COLUMNS = ("node_id", "id")
 MASK_COLUMNS = ("train_mask", "val_mask", "test_mask")
 
 _INT_PATTERN = r"^[+-]?[0-9]+$"
+_DECIMAL_PATTERN = r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?$"
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _ROW = re.compile(r"Row #(\d+): ")
 _WHITESPACE = bytes.maketrans(b"\t\r\v\f", b"    ")
@@ -76,6 +78,14 @@ def _open(path: str) -> pa.NativeFile:
     return pa.input_stream(str(path), compression="gzip" if is_gzip(path) else None)
 
 
+def read_problem(path: str, exc: OSError) -> str:
+    """What went wrong reading a file, for an error message (gzip damage said in words)."""
+    text = exc.strerror or str(exc)
+    if is_gzip(path) and ("compressed" in text.lower() or "gzip" in text.lower() or "zlib" in text.lower()):
+        return f"{text} (expected a complete gzip file: it is truncated, damaged or not gzip)"
+    return text
+
+
 def first_true(mask: pa.ChunkedArray | pa.Array) -> int:
     """Position of the first true value of a boolean column (nulls count as false)."""
     mask = pc.fill_null(mask, False)
@@ -99,12 +109,45 @@ def _positional_names(count: int) -> list[str]:
     return ["src", "dst", *[f"column{i}" for i in range(2, count)]]
 
 
+def check_text(path: str, head: bytes) -> None:
+    """InputError if the first bytes of a text file are binary: a NUL byte or invalid UTF-8."""
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise InputError(
+            f"{path}: not a text file: byte {nul + 1} is 0x00 (binary data); expected CSV, TSV or "
+            "whitespace-separated text (or a .parquet file)"
+        )
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the end of the block
+            line = head.count(b"\n", 0, e.start) + 1
+            raise InputError(
+                f"{path}: line {line}: not UTF-8 text (byte {e.start + 1} is 0x{head[e.start]:02x}); "
+                "expected UTF-8 CSV, TSV or whitespace-separated text"
+            ) from None
+
+
+def _split_line(path: str, line: str, delimiter: str) -> list[str]:
+    """The fields of a header (or first) line."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter))
+    except csv.Error as e:
+        raise InputError(f"{path}: line 1: cannot parse the first line: {e}") from None
+
+
 def _first_data_line(path: str) -> str | None:
-    """The first non-blank line of a (possibly gzipped) text file, or None if there is none."""
+    """The first non-blank line of a (possibly gzipped) text file, or None if there is none.
+
+    InputError if the file starts with binary data (see :func:`check_text`)."""
     with _open(path) as f:
         pending = b""
+        first = True
         while True:
             chunk = f.read(1 << 16)
+            if first:
+                check_text(path, chunk)
+                first = False
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop() if chunk else b""
             for line in lines:
@@ -155,9 +198,12 @@ def normalize_ids(
         kind = col.type
     if pa.types.is_integer(kind):
         if pa.types.is_uint64(kind) and len(col) and pc.max(col).as_py() >= 2**63:
-            row = first_true(pc.greater_equal(col, pa.scalar(2**63, pa.uint64()))) + 1
-            raise InputError(f"{path}: row {row}: node id in column {column!r} does not fit in int64")
-        return pc.cast(col, pa.int64())
+            row = first_true(pc.greater_equal(col, pa.scalar(2**63, pa.uint64())))
+            raise InputError(
+                f"{path}: row {row + 1}: node id {_value(col, row)} in column {column!r} does not fit in int64 "
+                "(integer node ids must be between 0 and 2^63-1)"
+            )
+        return _non_negative(pc.cast(col, pa.int64()), path, column)
     if pa.types.is_floating(kind):
         bad = pc.or_(pc.not_equal(pc.floor(col), col), pc.is_inf(col))
         if pc.any(bad).as_py():
@@ -165,11 +211,22 @@ def normalize_ids(
             raise InputError(
                 f"{path}: row {row + 1}: node id {_value(col, row)} in column {column!r} is not an integer"
             )
-        return pc.cast(col, pa.int64())
+        return _non_negative(pc.cast(col, pa.int64()), path, column)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         col = pc.cast(col, pa.large_string())
         return _text_ids(col, path, column, strict, keep_strings) if text else col
     raise InputError(f"{path}: column {column!r} has type {kind}; node ids must be integers or strings")
+
+
+def _non_negative(col: pa.ChunkedArray, path: str, column: str) -> pa.ChunkedArray:
+    """``col`` (int64) if no id is negative, else an InputError naming the first negative id's row."""
+    if len(col) and pc.min(col).as_py() < 0:
+        row = first_true(pc.less(col, 0))
+        raise InputError(
+            f"{path}: row {row + 1}: node id {_value(col, row)} in column {column!r} is negative "
+            "(integer node ids must be between 0 and 2^63-1)"
+        )
+    return col
 
 
 def _text_ids(col: pa.ChunkedArray, path: str, column: str, strict: bool, keep_strings: bool) -> pa.ChunkedArray:
@@ -183,9 +240,16 @@ def _text_ids(col: pa.ChunkedArray, path: str, column: str, strict: bool, keep_s
     n_int = pc.sum(is_int).as_py() or 0
     if n_int == len(col):
         try:
-            return pc.cast(col, pa.int64())
+            return _non_negative(pc.cast(col, pa.int64()), path, column)
         except pa.ArrowInvalid:
-            return col  # integers beyond int64: compared as strings
+            raise _beyond_int64(col, path, column) from None
+    decimal = pc.and_(pc.match_substring_regex(col, _DECIMAL_PATTERN), pc.invert(is_int))
+    if pc.any(decimal).as_py():
+        row = first_true(decimal)
+        raise InputError(
+            f"{path}: row {row + 1}: node id {_value(col, row)!r} in column {column!r} is a decimal number; "
+            "node ids must be integers or strings"
+        )
     if strict and 2 * n_int > len(col):
         row = first_true(pc.invert(is_int))
         raise InputError(
@@ -194,6 +258,20 @@ def _text_ids(col: pa.ChunkedArray, path: str, column: str, strict: bool, keep_s
             "node ids must be all integers or all strings"
         )
     return col
+
+
+def _beyond_int64(col: pa.ChunkedArray, path: str, column: str) -> InputError:
+    """The error for integer ids of which one does not fit in int64 (the first such row)."""
+    long = pc.greater(pc.utf8_length(pc.utf8_ltrim(col, "+-0")), 18)
+    for row in np.flatnonzero(pc.fill_null(long, False).to_numpy(zero_copy_only=False)):
+        value = _value(col, int(row))
+        if not -(2**63) <= int(value) < 2**63:
+            return InputError(
+                f"{path}: row {row + 1}: node id {value} in column {column!r} does not fit in int64 "
+                "(integer node ids must be between 0 and 2^63-1; ids that are names need a node table "
+                "with a string id column, e.g. Parquet)"
+            )
+    return InputError(f"{path}: column {column!r}: node ids do not fit in int64")
 
 
 # -- edge files ---------------------------------------------------------------------------------
@@ -259,7 +337,7 @@ def read_edge_file(
         else:
             edges = _read_whitespace_edges(path, src_column, dst_column, as_string, progress)
     except OSError as e:  # unreadable, or not gzip despite the .gz suffix
-        raise InputError(f"{path}: cannot read the edge file: {e}") from None
+        raise InputError(f"{path}: cannot read the edge file: {read_problem(path, e)}") from None
     if edges.rows == 0:
         raise _empty(path)
     options = {"text": fmt != "parquet", "strict": strict, "keep_strings": as_string}
@@ -276,10 +354,7 @@ def _log_rows(progress: bool, path: str, rows: int) -> None:
 
 
 def _read_parquet_edges(path: str, src_column: str | None, dst_column: str | None, progress: bool) -> EdgeColumns:
-    try:
-        pfile = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file: {e}") from None
+    pfile = _parquet_file(path)
     src, dst = choose_edge_columns(path, pfile.schema_arrow.names, src_column, dst_column)
     batches, rows = [], 0
     for batch in pfile.iter_batches(batch_size=PARQUET_BATCH, columns=[src, dst]):
@@ -291,18 +366,17 @@ def _read_parquet_edges(path: str, src_column: str | None, dst_column: str | Non
     return EdgeColumns(path, src, dst, table.column(src), table.column(dst))
 
 
+def _parquet_file(path: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file: {e}") from None
+
+
 def _read_delimited_edges(
     path: str, delimiter: str, src_column: str | None, dst_column: str | None, as_string: bool, progress: bool
 ) -> EdgeColumns:
-    first = _first_data_line(path)
-    if first is None:
-        raise _empty(path)
-    raw = next(csv.reader([first], delimiter=delimiter))
-    names = [f.strip() for f in raw]
-    header = _has_header(names)
-    if not header:
-        names = raw = _positional_names(len(names))
-    src, dst = choose_edge_columns(path, names, src_column, dst_column, header)
+    raw, names, header, src, dst = _delimited_edge_layout(path, delimiter, src_column, dst_column)
     columns = (raw[names.index(src)], raw[names.index(dst)])
     read = functools.partial(_stream_csv, path, delimiter, None if header else raw, columns)
     try:
@@ -317,6 +391,22 @@ def _read_delimited_edges(
     except pa.ArrowInvalid as e:
         error = _serial_error(lambda: read(pa.large_string(), False, False), e)
         raise _csv_error(path, error, int(header)) from None
+
+
+def _delimited_edge_layout(
+    path: str, delimiter: str, src_column: str | None, dst_column: str | None
+) -> tuple[list[str], list[str], bool, str, str]:
+    """From the first line of a CSV/TSV edge file: raw field names, names, whether it is a header, src, dst."""
+    first = _first_data_line(path)
+    if first is None:
+        raise _empty(path)
+    raw = _split_line(path, first, delimiter)
+    names = [f.strip() for f in raw]
+    header = _has_header(names)
+    if not header:
+        names = raw = _positional_names(len(names))
+    src, dst = choose_edge_columns(path, names, src_column, dst_column, header)
+    return raw, names, header, src, dst
 
 
 def _serial_error(run: Callable[[], object], error: Exception) -> Exception:
@@ -392,6 +482,8 @@ def _read_whitespace_edges(
     dsts: list[pa.Array] = []
     rows = 0
     for index, block in enumerate(_text_blocks(path)):
+        if index == 0:
+            check_text(path, block[: 1 << 16])
         block = clean_text_block(block.removeprefix(b"\xef\xbb\xbf") if index == 0 else block)
         if names is None and block:
             first, _, rest = block.partition(b"\n")
@@ -462,14 +554,14 @@ def read_node_table(path: str, id_column: str | None, split_column: str | None) 
     try:
         return _read_csv_table(path, "," if fmt == "csv" else "\t", id_column, split_column), True
     except OSError as e:  # unreadable, or not gzip despite the .gz suffix
-        raise InputError(f"{path}: cannot read the node table: {e}") from None
+        raise InputError(f"{path}: cannot read the node table: {read_problem(path, e)}") from None
 
 
 def _read_csv_table(path: str, delimiter: str, id_column: str | None, split_column: str | None) -> pa.Table:
     first = _first_data_line(path)
     if first is None:
         raise InputError(f"{path}: the node table is empty")
-    names = [f.strip() for f in next(csv.reader([first], delimiter=delimiter))]
+    names = [f.strip() for f in _split_line(path, first, delimiter)]
     id_name = id_column if id_column in names else next((c for c in ID_COLUMNS if c in names), None)
     strings = [c for c in (id_name, split_column or "split") if c and c in names]
 
@@ -483,9 +575,31 @@ def _read_csv_table(path: str, delimiter: str, id_column: str | None, split_colu
             )
 
     try:
-        return parse(True)
+        table = parse(True)
     except pa.ArrowInvalid as e:
         raise _csv_error(path, _serial_error(lambda: parse(False), e), 1) from None
+    for name, col in zip(table.column_names, table.columns):
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):  # Arrow: not valid UTF-8
+            raise InputError(f"{path}: row {_first_invalid_utf8(col) + 1}: column {name!r} is not valid UTF-8 text")
+    return table
+
+
+def _first_invalid_utf8(col: pa.ChunkedArray) -> int:
+    """Row of the first value of a binary column that is not valid UTF-8 (bisection over casts)."""
+    col = col.combine_chunks()
+
+    def valid(end: int) -> bool:
+        try:
+            pc.cast(col.slice(0, end), pa.large_string())
+            return True
+        except pa.ArrowInvalid:
+            return False
+
+    lo, hi = 0, len(col)  # the first `lo` rows are valid, the first `hi` are not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if valid(mid) else (lo, mid)
+    return lo
 
 
 def id_column_of(table: pa.Table, path: str, configured: str | None) -> str:
@@ -544,7 +658,10 @@ def column_features(table: pa.Table, path: str, columns: list[str]) -> np.ndarra
     for j, name in enumerate(columns):
         col = table.column(name)
         if col.null_count:
-            raise InputError(f"{path}: row {first_true(pc.is_null(col)) + 1}: feature column {name!r} is empty")
+            raise InputError(
+                f"{path}: row {first_true(pc.is_null(col)) + 1}: feature column {name!r} is empty or NaN "
+                "(features must be finite numbers)"
+            )
         x[:, j] = col.to_numpy()
     return np.ascontiguousarray(x)
 
@@ -557,6 +674,8 @@ def _list_features(col: pa.ChunkedArray, path: str, name: str) -> np.ndarray:
         raise InputError(f"{path}: row {first_true(col.is_null()) + 1}: feature column {name!r} is empty")
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
     width = int(lengths[0]) if len(lengths) else 0
+    if len(lengths) and width == 0:
+        raise InputError(f"{path}: row 1: feature column {name!r} holds an empty list; expected one number per feature")
     if len(lengths) and (lengths != width).any():
         row = int(np.argmax(lengths != width))
         raise InputError(
@@ -570,22 +689,61 @@ def _list_features(col: pa.ChunkedArray, path: str, name: str) -> np.ndarray:
     return flat.reshape(len(col), width)
 
 
+def _npy_problem(path: str) -> str | None:
+    """Why a ``.npy`` file cannot be read as a numeric array (header checks), or None."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+        except ValueError:
+            return "not a .npy file (no NUMPY header)"
+        try:
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:  # version 3 (UTF-8 field names) has no public reader
+                shape, _, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+        except (ValueError, SyntaxError, EOFError) as e:
+            return f"damaged .npy header: {e}"
+        if dtype.hasobject:
+            return "holds Python objects (dtype object), not numbers; object arrays are never unpickled"
+        needed = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = Path(path).stat().st_size
+    if size < needed:
+        return f"truncated: shape {shape} of {dtype} needs {needed:,} bytes, the file has {size:,}"
+    return None
+
+
+def _mapped_npy(path: str) -> np.ndarray:
+    """A ``.npy`` feature file memory-mapped, checked to be a 2-D numeric array (only its header is read)."""
+    problem = _npy_problem(path)
+    if problem:
+        raise InputError(f"{path}: {problem}; expected a 2-D numeric .npy array (nodes x features)")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise InputError(f"{path}: not a readable .npy array: {e}") from None
+    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"{path}: expected a 2-D numeric array (nodes x features), got {arr.dtype} {arr.shape}")
+    return arr
+
+
 def load_feature_file(path: str) -> np.ndarray | sp.csr_matrix:
-    """``.npy`` -> dense float32 array; ``.npz`` (``scipy.sparse.save_npz``) -> CSR float32."""
+    """``.npy`` -> dense float32 array; ``.npz`` (``scipy.sparse.save_npz``) -> CSR float32.
+
+    Nothing is unpickled: object arrays are refused."""
     name = str(path).lower()
     if name.endswith(".npy"):
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise InputError(f"{path}: not a readable .npy array: {e}") from None
-        if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise InputError(f"{path}: expected a 2-D numeric array (nodes x features), got {arr.dtype} {arr.shape}")
-        return np.array(arr, dtype=np.float32)
+        return np.array(_mapped_npy(path), dtype=np.float32)
     if name.endswith(".npz"):
+        if not zipfile.is_zipfile(path):
+            raise InputError(f"{path}: not an .npz (zip) archive; expected a scipy sparse matrix saved with scipy.sparse.save_npz")
         try:
             matrix = sp.load_npz(path)
-        except (ValueError, OSError, KeyError) as e:
+        except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
             raise InputError(f"{path}: not a scipy sparse matrix saved with scipy.sparse.save_npz: {e}") from None
+        if matrix.ndim != 2 or not (np.issubdtype(matrix.dtype, np.integer) or np.issubdtype(matrix.dtype, np.floating)):
+            raise InputError(f"{path}: expected a 2-D numeric sparse matrix (nodes x features), got {matrix.dtype}")
         matrix = sp.csr_matrix(matrix, dtype=np.float32)
         matrix.sum_duplicates()
         matrix.sort_indices()
@@ -619,6 +777,77 @@ def _not_finite(path: str, row: int, col: int, value: float, columns: list[str] 
 
 def file_exists(path: str, what: str) -> str:
     """``path`` if it is a file, else an InputError saying which setting names it."""
-    if not Path(path).is_file():
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{path}: {what} is a directory; expected a file")
+    if not p.is_file():
+        if p.exists():
+            raise InputError(f"{path}: {what} is not a regular file (a device, socket or pipe); expected a file")
         raise InputError(f"{path}: {what} not found")
     return str(path)
+
+
+# -- checks before a run: the first line or the schema only ------------------------------------
+# What the readers above check first (the file can be opened, the format is readable, the columns
+# are there), without reading the rows: the command line runs these before it starts Prefect, so a
+# malformed input is rejected in seconds, and ingest runs them again through the same functions.
+
+
+def check_edge_file(path: str, fmt: str, src_column: str | None = None, dst_column: str | None = None) -> tuple[str, str]:
+    """The (src, dst) columns of an edge file from its first line or schema; InputError as the reader gives."""
+    try:
+        if fmt == "parquet":
+            return choose_edge_columns(path, _parquet_file(path).schema_arrow.names, src_column, dst_column)
+        if fmt in ("csv", "tsv"):
+            return _delimited_edge_layout(path, "," if fmt == "csv" else "\t", src_column, dst_column)[3:]
+        first = _first_text_fields(path)
+        if first is None:
+            raise _empty(path)
+        header = _has_header(first)
+        names = first if header else _positional_names(len(first))
+        return choose_edge_columns(path, names, src_column, dst_column, header)
+    except OSError as e:  # unreadable, or not gzip despite the .gz suffix
+        raise InputError(f"{path}: cannot read the edge file: {read_problem(path, e)}") from None
+
+
+def _first_text_fields(path: str) -> list[str] | None:
+    """The fields of the first data line of a whitespace edge file, cleaned as the reader cleans it."""
+    with _open(path) as f:
+        head = f.read(1 << 16)
+    check_text(path, head)
+    if len(head) == 1 << 16 and b"\n" in head:
+        head = head[: head.rfind(b"\n") + 1]  # whole lines only
+    block = clean_text_block(head.removeprefix(b"\xef\xbb\xbf"))
+    first = block.partition(b"\n")[0]
+    return first.decode("utf-8", "replace").split(" ") if first else None
+
+
+def node_table_schema(path: str) -> pa.Table:
+    """The node table's columns as an empty table (Parquet schema or the CSV/TSV header line)."""
+    fmt = _table_format(path)
+    if fmt == "parquet":
+        return _parquet_file(path).schema_arrow.empty_table()
+    try:
+        first = _first_data_line(path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the node table: {read_problem(path, e)}") from None
+    if first is None:
+        raise InputError(f"{path}: the node table is empty")
+    names = [f.strip() for f in _split_line(path, first, "," if fmt == "csv" else "\t")]
+    return pa.schema([(n, pa.large_string()) for n in names]).empty_table()
+
+
+def check_feature_file(path: str) -> None:
+    """A feature file's kind and, for ``.npy``, its header (2-D, numeric); the values are read at ingest."""
+    name = str(path).lower()
+    if name.endswith(".npy"):
+        _mapped_npy(path)
+        return
+    if name.endswith(".npz"):
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise InputError(f"{path}: not a scipy sparse matrix saved with scipy.sparse.save_npz: {e}") from None
+        return
+    raise InputError(f"{path}: a feature file must be .npy (dense) or .npz (scipy sparse)")

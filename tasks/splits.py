@@ -66,7 +66,7 @@ def parse_labels(table: pa.Table, path: str, column: str | None, num_classes: in
     if pa.types.is_dictionary(col.type):
         col = pc.cast(col, col.type.value_type)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        labels = _string_labels(col)
+        labels = _string_labels(col, path, column)
     elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type):
         labels = _integer_labels(col, path, column)
     else:
@@ -96,13 +96,32 @@ def _integer_labels(col: pa.ChunkedArray, path: str, column: str) -> Labels:
     return Labels(values, int(values.max()) + 1 if len(values) else 0)
 
 
-def _string_labels(col: pa.ChunkedArray) -> Labels:
+def _string_labels(col: pa.ChunkedArray, path: str, column: str) -> Labels:
     col = pc.cast(col, pa.large_string())
+    _check_one_label_kind(col, path, column)
     present = pc.drop_null(pc.unique(col))
     present = present.filter(pc.not_equal(pc.binary_length(present), 0))
     names = pc.take(present, pc.sort_indices(present))
     codes = pc.fill_null(pc.index_in(col, value_set=names), -1).to_numpy().astype(np.int64)
     return Labels(codes, len(names), names.to_pylist())
+
+
+def _check_one_label_kind(col: pa.ChunkedArray, path: str, column: str) -> None:
+    """String labels that are partly numbers (``0, 1, cat``) are a mistake: all numbers or all names."""
+    trimmed = pc.utf8_trim_whitespace(col)
+    present = pc.fill_null(pc.greater(pc.binary_length(trimmed), 0), False)
+    number = pc.fill_null(pc.match_substring_regex(trimmed, r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"), False)
+    n_present = pc.sum(present).as_py() or 0
+    n_number = pc.sum(pc.and_(present, number)).as_py() or 0
+    if 0 < n_number < n_present:
+        odd = pc.and_(present, pc.invert(number)) if 2 * n_number >= n_present else pc.and_(present, number)
+        row = first_true(odd)
+        kind = "a name" if 2 * n_number >= n_present else "a number"
+        raise InputError(
+            f"{path}: row {row + 1}: label {col[row].as_py()!r} in column {column!r} is {kind}, but "
+            f"{n_number:,} of {n_present:,} labels are numbers; labels must be all integers or all class "
+            "names (empty = unlabeled)"
+        )
 
 
 def _check_num_classes(labels: Labels, path: str, num_classes: int) -> None:

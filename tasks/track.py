@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -33,7 +34,8 @@ from storage.arrays import ClusterGraph
 from storage.snapshot import read_feature_rows
 from storage.store import NodeDataRef, SnapshotRef, Store, read_manifest
 from tasks.batching import batch_subgraph
-from tasks.config import PipelineConfig
+from tasks.config import PipelineConfig, redact_uri
+from tasks.errors import InputError
 from tasks.evaluate import EvaluationRef
 from tasks.model import MODEL_FILE, EdgeIndexPredictor, load_trained
 from tasks.normalize import NormalizationStats
@@ -66,10 +68,11 @@ class TrackResult:
 
 def ui_command(run: RunRef) -> str:
     """How to look at the run: the UI command for a local store, or the server's page."""
-    if run.tracking_uri.startswith(("http://", "https://")):
-        return f"open {run.tracking_uri.rstrip('/')}/{run.ui_path()}"
+    uri = redact_uri(run.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/{run.ui_path()}"
     return (
-        f"mlflow ui --backend-store-uri {run.tracking_uri} --host 127.0.0.1 --port 5000, "
+        f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, "
         f"then open http://127.0.0.1:5000/{run.ui_path()}"
     )
 
@@ -77,7 +80,7 @@ def ui_command(run: RunRef) -> str:
 def run_link(run: RunRef) -> str:
     """A Markdown link to the run in the MLflow UI (a server), or how to open it (a local store)."""
     if run.tracking_uri.startswith(("http://", "https://")):
-        url = f"{run.tracking_uri.rstrip('/')}/{run.ui_path()}"
+        url = f"{redact_uri(run.tracking_uri).rstrip('/')}/{run.ui_path()}"
         return f"[MLflow run {run.run_id}]({url})"
     return f"MLflow run `{run.run_id}`: `{ui_command(run)}`"
 
@@ -140,15 +143,29 @@ def start_run(config: PipelineConfig, tags: dict[str, str], run_name: str | None
     Store(config.store).root.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     exp_id = _experiment_id(client, config, uri)
-    run = client.create_run(exp_id, tags={"graphpipe.graph": config.data.name, **tags}, run_name=run_name)
-    params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in config.flat().items()]
+    tags = {k: redact_uri(str(v)) for k, v in {"graphpipe.graph": config.data.name, **tags}.items()}
+    run = client.create_run(exp_id, tags=tags, run_name=run_name)
+    params = config_params(config)
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i : i + 100])
     return RunRef(uri, exp_id, run.info.run_id)
 
 
+def config_params(config: PipelineConfig) -> list[Param]:
+    """The whole config as MLflow params, credentials in URIs (``https://user:pass@host``) redacted."""
+    return [
+        Param(k, redact_uri(json.dumps(v) if isinstance(v, (list, dict)) else str(v))) for k, v in config.flat().items()
+    ]
+
+
+def safe_config_dump(config: PipelineConfig) -> dict[str, Any]:
+    """The config as plain data for artifacts and logs, credentials in URIs redacted."""
+    return json.loads(redact_uri(json.dumps(config.model_dump(mode="json"))))
+
+
 def log_tags(run: RunRef, tags: dict[str, Any]) -> None:
-    _client(run.tracking_uri).log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    """Set tags on the run (values as strings, credentials in URIs redacted)."""
+    _client(run.tracking_uri).log_batch(run.run_id, tags=[RunTag(k, redact_uri(str(v))) for k, v in tags.items()])
 
 
 def log_epoch(run: RunRef, epoch: int, metrics: dict[str, float]) -> None:
@@ -162,7 +179,7 @@ def log_epoch(run: RunRef, epoch: int, metrics: dict[str, float]) -> None:
 def end_run(run: RunRef, status: str = "FINISHED", reason: str | None = None) -> None:
     client = _client(run.tracking_uri)
     if reason:
-        client.set_tag(run.run_id, "graphpipe.failure", reason[:5000])
+        client.set_tag(run.run_id, "graphpipe.failure", redact_uri(reason)[:5000])
     client.set_terminated(run.run_id, status=status)
 
 
@@ -225,15 +242,20 @@ def champion_weights(config: PipelineConfig) -> tuple[str, str] | None:
         version = client.get_model_version_by_alias(model_name(config), CHAMPION)
     except MlflowException:
         return None
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(version.run_id or "")):  # a path part: nothing else
+        raise InputError(f"the registry's champion of {model_name(config)!r} names run {version.run_id!r}; expected a run id")
     target = Store(config.store).graph_dir(config.data.name) / "warm_start" / version.run_id
     path = target / WEIGHTS_DIR / MODEL_FILE
     if not path.exists():
         target.mkdir(parents=True, exist_ok=True)
         try:
-            client.download_artifacts(version.run_id, f"{WEIGHTS_DIR}/{MODEL_FILE}", str(target))
+            local = Path(client.download_artifacts(version.run_id, f"{WEIGHTS_DIR}/{MODEL_FILE}", str(target)))
         except (MlflowException, OSError) as e:
             log.warning("champion run %s has no weights to warm-start from: %s", version.run_id, e)
             return None
+        if local != path:  # a local artifact store puts the file at target/model.pt, a server at target/checkpoint/
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local, path)
     return str(path), version.run_id
 
 
@@ -287,7 +309,7 @@ def log_results(
         (t / "stats" / "snapshot_manifest.json").write_text(json.dumps(read_manifest(snapshot.path), indent=2))
         (t / "stats" / "partition_manifest.json").write_text(json.dumps(read_manifest(part_dir), indent=2))
         (t / "stats" / "history.json").write_text(json.dumps(history, indent=2))
-        (t / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        (t / "config.yaml").write_text(yaml.safe_dump(safe_config_dump(config), sort_keys=False))
         for sub in ("plots", "stats"):
             client.log_artifacts(run.run_id, str(t / sub), sub)
         client.log_artifact(run.run_id, str(Path(trained_dir) / MODEL_FILE), WEIGHTS_DIR)

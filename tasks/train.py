@@ -41,7 +41,7 @@ from tasks.batching import Batch, Kind, batch_arrays, batch_from_arrays, build_b
 from tasks.config import PipelineConfig, TrainConfig
 from tasks.errors import InputError
 from tasks.evaluate import predict_full_graph, split_metrics
-from tasks.model import GNN, MODEL_FILE, ModelSpec, load_checkpoint, resolve_device
+from tasks.model import GNN, MODEL_FILE, ModelSpec, load_checkpoint, plain_checkpoint, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class _WorkerEpoch:
 
 def _save(path: Path, obj: dict[str, Any]) -> None:
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(plain_checkpoint(obj), buf)  # plain data only: loaded back with weights_only=True
     write_bytes(path, buf.getvalue())
 
 
