@@ -25,6 +25,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+AUTOMATIONS = REPO / "deployments" / "automations.yaml"
+HEARTBEAT_SECONDS = 30
+ZOMBIE_AFTER_SECONDS = 90  # ``within`` of the automation in automations.yaml
+CLIENT_MAX_RETRIES = 7
+# A dead worker's flow run is marked Crashed ZOMBIE_AFTER_SECONDS after its last heartbeat (at most
+# HEARTBEAT_SECONDS before the death; the automation is evaluated every 5 s), and the nightly run
+# waiting for it notices within one poll (5 s): README's bound, with a margin for the server's work.
+DEAD_WORKER_BOUND_SECONDS = 120
 
 
 def free_port() -> int:
@@ -77,6 +85,12 @@ class LocalStack:
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             "GRAPHPIPE_HOME": str(REPO),
+            # flow runs send a heartbeat every 30 s (Prefect's minimum); the automation in
+            # automations.yaml marks a run Crashed after 90 s without one (its worker died)
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS)),
+            # a request to the Prefect API is retried 7 times (2, 4, ... 128 s apart): a flow run
+            # rides out an API restart or an outage of about 4 minutes (Prefect's default, 5: 1 minute)
+            "PREFECT_CLIENT_MAX_RETRIES": os.environ.get("PREFECT_CLIENT_MAX_RETRIES", str(CLIENT_MAX_RETRIES)),
         }
 
     # -- processes ------------------------------------------------------------------------
@@ -94,17 +108,31 @@ class LocalStack:
         return subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=self.env(), capture_output=True,
                               text=True, check=check, timeout=300, stdin=subprocess.DEVNULL)
 
-    def start_servers(self) -> None:
+    def start_servers(self, which: tuple[str, ...] = ("prefect", "mlflow")) -> None:
+        """Start the servers (both by default; one to restart it after :meth:`stop_process`) and
+        wait until they answer. Their databases persist in ``root``."""
         self.root.mkdir(parents=True, exist_ok=True)
-        prefect = self._spawn("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                                 "--port", str(self.prefect_port)])
-        mlflow = self._spawn("mlflow-server", [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination", str(self.root / "mlartifacts"),
-        ])
-        wait_http(f"{self.prefect_api}/health", 180, prefect, self.root / "prefect-server.log")
-        wait_http(f"{self.mlflow_uri}/health", 180, mlflow, self.root / "mlflow-server.log")
+        started = []
+        if "prefect" in which:
+            started.append((f"{self.prefect_api}/health", "prefect-server", self._spawn(
+                "prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.prefect_port)])))
+        if "mlflow" in which:
+            started.append((f"{self.mlflow_uri}/health", "mlflow-server", self._spawn("mlflow-server", [
+                str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
+                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination", str(self.root / "mlartifacts"),
+            ])))
+        for url, name, proc in started:
+            wait_http(url, 180, proc, self.root / f"{name}.log")
+
+    def stop_process(self, name: str, sig: int = signal.SIGKILL, timeout: float = 30) -> None:
+        """Stop one process of the stack with its whole process group (``SIGKILL``: as a crash)."""
+        pid = self.pids.pop(name)
+        _signal_group(pid, sig)
+        if not _wait_gone(pid, timeout):
+            _signal_group(pid, signal.SIGKILL)
+            _wait_gone(pid, 5)
+        self._save()
 
     def create_pools(self, pools: tuple[str, ...] = ("cpu", "gpu")) -> None:
         for pool in pools:
@@ -118,6 +146,22 @@ class LocalStack:
             raise RuntimeError(f"prefect deploy failed:\n{out.stdout}\n{out.stderr}")
         return out.stdout
 
+    def create_automations(self) -> list[str]:
+        """Create the automations of ``automations.yaml`` that the server does not have yet (by
+        name); the names created."""
+        import yaml
+
+        wanted = yaml.safe_load(AUTOMATIONS.read_text())["automations"]
+        req = urllib.request.Request(f"{self.prefect_api}/automations/filter", b"{}", {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            have = {a["name"] for a in json.loads(r.read())}
+        missing = [a for a in wanted if a["name"] not in have]
+        if missing:
+            out = self._prefect("automation", "create", "--from-json", json.dumps(missing), check=False)
+            if out.returncode != 0:
+                raise RuntimeError(f"could not create automations: {out.stdout}{out.stderr}")
+        return [a["name"] for a in missing]
+
     def start_workers(self, pools: tuple[str, ...] = ("cpu", "gpu")) -> None:
         for pool in pools:
             cwd = self.root / f"worker-{pool}"
@@ -129,6 +173,7 @@ class LocalStack:
         self.start_servers()
         self.create_pools()
         self.deploy()
+        self.create_automations()
         self.start_workers()
 
     def stop(self, timeout: float = 30) -> None:
@@ -153,6 +198,25 @@ class LocalStack:
     def load(cls, root: Path) -> LocalStack:
         state = json.loads((root / "stack.json").read_text())
         return cls(root, state["prefect_port"], state["mlflow_port"], state["pids"])
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL a process and all its descendants (a worker's flow-run processes start their own
+    sessions, so the worker's process group alone would miss them); the pids killed."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    return [p.pid for p in procs]
 
 
 def _signal_group(pid: int, sig: int) -> None:

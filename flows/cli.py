@@ -31,11 +31,14 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # library loggers also log outside flow runs (stages called directly)
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,storage")
+# ride out a Prefect API restart: 7 retries, 2 to 128 s apart (Prefect's default 5 gives up after ~1 min)
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "7")
 
 from flows import quiet_errors  # noqa: E402
 from flows.startup import StartupError  # noqa: E402
 from tasks.config import load_config, redact_uri  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
+from tasks.services import check_tracking_server  # noqa: E402
 
 
 def _add_common(p: argparse.ArgumentParser, *, inputs: bool) -> None:
@@ -128,6 +131,7 @@ def _checked_snapshot(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _checked_inputs(args, "run")
+    check_tracking_server(cfg)  # before Prefect starts: a down MLflow server is one line, at once
     server = _start_prefect(args)
     from flows.pipeline import graph_pipeline  # imported while the server starts
 
@@ -162,6 +166,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _checked_snapshot(args)
+    check_tracking_server(cfg)
     server = _start_prefect(args)
     from flows.pipeline import train_flow
 

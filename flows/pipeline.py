@@ -100,6 +100,7 @@ def graph_pipeline(
     """
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
+    stages.check_tracking(cfg)
     with _graph_lock(cfg):
         snapshot = stages.ingest(cfg)
         return _train_and_track(cfg, snapshot, train_on)
@@ -136,6 +137,7 @@ def train_flow(config: PipelineConfig | None = None, config_file: str | None = N
     """Train on the current snapshot (normalize and partition reused when cached)."""
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
+    stages.check_tracking(cfg)
     with _graph_lock(cfg):
         return _train_and_track(cfg, stages.current_snapshot(cfg), train_on)
 

@@ -151,6 +151,15 @@ def champion_weights(config: PipelineConfig) -> str | None:
     return found[0]
 
 
+METRICS_FLUSH_SECONDS = 300  # how long training waits, once done, for buffered metrics to reach MLflow
+
+
+def check_tracking(config: PipelineConfig) -> None:
+    """A clear one-line error, before any heavy work, when the MLflow tracking server is down
+    (a few tries over about 10 s first: a server being restarted is waited for)."""
+    track_mod.check_reachable(track_mod.tracking_uri(config))
+
+
 @task(name="train", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
 def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef, init_from: str | None = None) -> TrainResult:
     """Cluster-GCN training, per-epoch metrics to MLflow; a retry resumes from the checkpoint."""
@@ -158,13 +167,21 @@ def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef,
     from tasks.train import train_cluster_gcn
 
     logger = get_run_logger()
+    sender = track_mod.MetricSender(run)  # training goes on while the tracking server is away
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        track_mod.log_epoch(run, epoch, metrics)
+        sender.add(epoch, metrics)
         if "val_acc" in metrics and (epoch % 10 == 0 or epoch == config.train.epochs):
             logger.info("epoch %d: loss %.4f, train_acc %.4f, val_acc %.4f", epoch, metrics["loss"], metrics["train_acc"], metrics["val_acc"])
 
-    result = train_cluster_gcn(node_data, config, on_epoch=on_epoch, init_from=init_from)
+    try:
+        result = train_cluster_gcn(node_data, config, on_epoch=on_epoch, init_from=init_from)
+    finally:
+        left = sender.close(timeout=METRICS_FLUSH_SECONDS)
+    if left:
+        raise RuntimeError(
+            f"MLflow server {track_mod.redact(run.tracking_uri)} did not answer for {METRICS_FLUSH_SECONDS} s after training: "
+            f"{left} per-epoch metrics not sent ({sender.last_error}; the trained weights are in the checkpoint directory)")
     track_mod.log_tags(run, {"graphpipe.warm_start_from": init_from if result.warm_started else "none",
                              "graphpipe.device": result.device, "graphpipe.resumed_from_epoch": result.resumed_from_epoch,
                              "graphpipe.clusters_per_batch": result.clusters_per_batch, "graphpipe.checkpoint": result.checkpoint_dir,
@@ -193,14 +210,53 @@ def train_on_deployment(
         name=deployment,
         parameters={"node_data": asdict(node_data), "config": config.model_dump(mode="json"), "run": asdict(run),
                     "init_from": init_from},
-        timeout=None,
+        timeout=0,  # created and scheduled; waited for below
     )
-    state = child.state
+    logger.info("training flow run %s (%s) scheduled on %s", child.name, child.id, deployment)
+    state = wait_for_flow_run(child.id)
     if state is None or not state.is_completed():
         name = state.name if state else "unknown"
         raise RuntimeError(f"training flow run {child.name} on {deployment} ended {name}: {state.message if state else ''}")
     ckpt = Store(config.store).checkpoint_dir(config.data.name, checkpoint_key(node_data, config.train, init_from))
     return TrainResult(**read_json(_result_file(str(ckpt), run)))
+
+
+CHILD_POLL_SECONDS = 5
+API_OUTAGE_SECONDS = 600
+
+
+def wait_for_flow_run(flow_run_id: Any, poll: float = CHILD_POLL_SECONDS, outage: float = API_OUTAGE_SECONDS) -> State | None:
+    """The final state of a flow run, polled every ``poll`` seconds.
+
+    A child whose worker died ends ``Crashed`` when its heartbeats stop (the server's automation
+    in ``deployments/automations.yaml``), and this returns that state within one poll. While the
+    Prefect API does not answer (a restart), polling goes on; after ``outage`` seconds without an
+    answer it raises.
+    """
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    logger = get_run_logger()
+    failing_since: float | None = None
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                run = client.read_flow_run(flow_run_id)
+            except Exception as e:  # the API restarting; Prefect's client has already retried
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > outage:
+                    raise RuntimeError(
+                        f"Prefect API did not answer for {outage:.0f} s while waiting for training flow run {flow_run_id}: {e}"
+                    ) from e
+                logger.warning("Prefect API not answering while waiting for flow run %s (%s); still waiting", flow_run_id, e)
+                time.sleep(poll)
+                continue
+            failing_since = None
+            if run.state is not None and run.state.is_final():
+                return run.state
+            time.sleep(poll)
 
 
 @task(name="evaluate", **_retrying)

@@ -136,6 +136,10 @@ class NormalizeConfig(_Section):
     """
 
     method: Literal["auto", "row", "standard", "none"] = "auto"
+    # input features of a graph without node features (tasks/structural.py): "auto" = "spectral"
+    # for such a graph (nothing for one with features); "degree"; "none" = one constant feature
+    structural: Literal["auto", "spectral", "degree", "none"] = "auto"
+    structural_dim: int = Field(default=32, ge=1)  # eigenvectors in the "spectral" encoding
 
 
 class PartitionConfig(_Section):

@@ -10,8 +10,13 @@ Methods (``normalize.method``):
 - ``none``: unchanged.
 - ``auto``: ``row`` when every feature is non-negative, else ``standard``.
 
-A featureless graph gets one constant feature (1.0 for every node), so structure-only training
-still runs.
+A featureless graph (edges and labels only) gets a structural encoding instead
+(``normalize.structural``, :mod:`tasks.structural`): by default (``auto``) log-degree,
+log-component-size and the ``normalize.structural_dim`` leading eigenvectors of the normalized
+adjacency (``spectral``); ``degree`` keeps the first two columns; ``none`` is one constant feature
+(1.0 for every node). The encoding used is recorded in ``stats.json`` (``structural``) and the
+manifest; it is written to ``x.npy`` unchanged (method ``none``), so the exported predictor takes
+those rows as its ``x``.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ import scipy.sparse as sp
 
 from storage.atomic import publish_dir, read_json, reserve, write_json
 from storage.fingerprint import fingerprint_value
-from storage.snapshot import SPLIT_TRAIN, Features, read_features, read_nodes
+from storage.snapshot import SPLIT_TRAIN, Features, read_edges, read_features, read_nodes
 from storage.store import FeaturesRef, SnapshotRef, Store, make_manifest, reusable, write_manifest
 from tasks.config import PipelineConfig
+from tasks.errors import InputError
+from tasks.partition import build_csr
+from tasks.structural import resolve_structural, structural_encoding
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,8 @@ class NormalizationStats:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     featureless: bool = False
+    # a featureless graph's structural encoding (tasks.structural): method, k, eigenvalues, ...
+    structural: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -55,7 +65,17 @@ class NormalizationStats:
             "mean": self.mean,
             "std": self.std,
             "featureless": self.featureless,
+            "structural": self.structural,
         }
+
+    def encoding(self) -> str:
+        """What the model's input is, in words: ``features``, ``constant`` or ``spectral (k=32)``."""
+        if not self.featureless:
+            return "features"
+        if not self.structural:
+            return "constant"
+        k = self.structural.get("k")
+        return self.structural["method"] + (f" (k={k})" if k else "")
 
     @classmethod
     def from_json(cls, data: dict) -> NormalizationStats:
@@ -92,7 +112,9 @@ def fit_stats(x: Features, method: str, train_rows: np.ndarray) -> Normalization
 
 def apply_stats(x: Features, stats: NormalizationStats) -> np.ndarray:
     """Apply saved statistics to rows of features; returns dense float32."""
-    if stats.featureless:
+    if stats.structural:
+        raise ValueError("a structural encoding describes the graph it was computed on; use its stored rows (x.npy)")
+    if stats.featureless:  # the constant feature
         return np.ones((x.shape[0], 1), dtype=np.float32)
     if x.shape[1] != stats.num_features:
         raise ValueError(f"expected {stats.num_features} features, got {x.shape[1]}")
@@ -125,19 +147,39 @@ def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> Feature
     x = read_features(snapshot.path)
     labels, split = read_nodes(snapshot.path)
     num_nodes = len(labels)
-    if x is None:
+    nc = config.normalize
+    structural = resolve_structural(nc.structural, has_features=x is not None)
+    encoded = None
+    if x is not None and structural != "none":
+        raise InputError(
+            f"{snapshot.path}: normalize.structural={nc.structural} is for graphs without node features, "
+            f"and this graph has {x.shape[1]} (use normalize.structural=auto)"
+        )
+    if x is None and structural == "none":
         log.warning("normalize: %s has no features; using one constant feature", snapshot.path)
         stats = NormalizationStats(method="none", num_features=0, featureless=True)
+    elif x is None:
+        src, dst = read_edges(snapshot.path)
+        indptr, indices = build_csr(src, dst, num_nodes)
+        del src, dst
+        encoded, info = structural_encoding(indptr, indices, num_nodes, structural, nc.structural_dim, seed=0)
+        del indptr, indices
+        log.info("normalize: %s has no features; %s structural encoding (%d columns, %.1f s)",
+                 snapshot.path, structural, encoded.shape[1], info["seconds"])
+        stats = NormalizationStats(method="none", num_features=encoded.shape[1], featureless=True, structural=info)
     else:
-        method = resolve_method(config.normalize.method, x)
+        method = resolve_method(nc.method, x)
         stats = fit_stats(x, method, np.flatnonzero(split == SPLIT_TRAIN))
 
     with publish_dir(out) as tmp:
-        width = 1 if stats.featureless else stats.num_features
+        width = stats.num_features if stats.num_features else 1
         target = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(num_nodes, width))
         reserve(tmp / "x.npy")
         for start in range(0, num_nodes, _CHUNK_ROWS):
             stop = min(start + _CHUNK_ROWS, num_nodes)
+            if encoded is not None:
+                target[start:stop] = encoded[start:stop]
+                continue
             rows = np.empty((stop - start, 0)) if x is None else x[start:stop]
             target[start:stop] = apply_stats(rows, stats)
         if not np.isfinite(target).all():
@@ -150,17 +192,19 @@ def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> Feature
             make_manifest(
                 "features",
                 fp,
-                params=config.normalize.model_dump(mode="json") | {"resolved_method": stats.method},
+                params=config.normalize.model_dump(mode="json")
+                | {"resolved_method": stats.method, "resolved_structural": stats.encoding()},
                 inputs={"snapshot": snapshot.fingerprint},
                 counts={"num_nodes": num_nodes, "num_features": width},
                 files=["x.npy", STATS],
             ),
         )
-    log.info("normalize: %s features of %d nodes -> %s", stats.method, num_nodes, out)
+    log.info("normalize: %s features of %d nodes -> %s", stats.method if x is not None else stats.encoding(), num_nodes, out)
     return FeaturesRef(path=str(out), fingerprint=fp, method=stats.method)
 
 
 def load_stats(features: FeaturesRef) -> NormalizationStats:
+    """The normalization statistics (and structural encoding, if any) saved with ``features``."""
     return NormalizationStats.from_json(read_json(Path(features.path) / STATS))
 
 

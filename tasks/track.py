@@ -14,7 +14,9 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,8 @@ from storage.store import NodeDataRef, SnapshotRef, Store, read_manifest
 from tasks.batching import batch_subgraph
 from tasks.config import PipelineConfig, redact_uri
 from tasks.errors import InputError
+from tasks.services import check_mlflow, redact, short_reason
+from tasks.services import is_server as _is_server
 from tasks.evaluate import EvaluationRef
 from tasks.model import MODEL_FILE, EdgeIndexPredictor, load_trained
 from tasks.normalize import NormalizationStats
@@ -176,6 +180,112 @@ def log_epoch(run: RunRef, epoch: int, metrics: dict[str, float]) -> None:
     )
 
 
+def check_reachable(uri: str, attempts: int = 4, delay: float = 3.0, timeout: float = 5.0) -> None:
+    """A clear one-line error (:class:`tasks.errors.ServiceUnavailable`) when the tracking server
+    ``uri`` does not answer; see :func:`tasks.services.check_mlflow`."""
+    check_mlflow(uri, attempts, delay, timeout)
+
+
+class MetricSender:
+    """Per-epoch metrics sent to the run from a background thread, so that training never waits
+    for the tracking server.
+
+    While the server does not answer, metrics stay in a buffer and are sent, in order, when it
+    answers again (tries after 2, 5, 10, then every 30 s). Each metric keeps the timestamp it was
+    taken with, so a batch sent twice (the first answer lost) is the same rows again, which
+    MLflow's store ignores: a step never gets two different values. Requests are bounded (no
+    retries inside the MLflow client, ``request_timeout`` seconds each): the MLflow client's own
+    defaults (7 retries with exponential backoff, 120 s timeout) would hold a batch for minutes.
+    """
+
+    BACKOFF = (2.0, 5.0, 10.0, 30.0)
+    MAX_BATCH = 1000  # MLflow's limit of metrics per log-batch request
+
+    def __init__(self, run: RunRef, request_timeout: float = 10.0) -> None:
+        self.run = run
+        self.request_timeout = request_timeout
+        self._pending: list[Metric] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._failing_since: float | None = None
+        self.sent = 0
+        self.outages = 0
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._loop, name="graphpipe-metrics", daemon=True)
+        self._thread.start()
+
+    def add(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Queue one epoch's metrics (``step=epoch``); returns at once."""
+        ts = int(time.time() * 1000)
+        with self._lock:
+            self._pending.extend(Metric(k, float(v), ts, epoch) for k, v in metrics.items() if np.isfinite(v))
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Metrics waiting to be sent."""
+        with self._lock:
+            return len(self._pending)
+
+    def _send(self, batch: list[Metric]) -> None:
+        if not _is_server(self.run.tracking_uri):
+            _client(self.run.tracking_uri).log_batch(self.run.run_id, metrics=batch)
+            return
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        endpoint = "/api/2.0/mlflow/runs/log-batch"
+        body = {"run_id": self.run.run_id,
+                "metrics": [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in batch]}
+        resp = http_request(get_default_host_creds(self.run.tracking_uri), endpoint, "POST", max_retries=0,
+                            timeout=self.request_timeout, json=body)
+        verify_rest_response(resp, endpoint)
+
+    def _loop(self) -> None:
+        failures, next_try = 0, 0.0
+        while True:
+            self._wake.wait(timeout=max(0.0, next_try - time.monotonic()) if failures else None)
+            self._wake.clear()
+            if failures and not self._stop and time.monotonic() < next_try:
+                continue  # new metrics while the server is away: keep them, keep the backoff
+            with self._lock:
+                batch = self._pending[: self.MAX_BATCH]
+            if not batch:
+                if self._stop:
+                    return
+                continue
+            try:
+                self._send(batch)
+            except Exception as e:
+                failures += 1
+                next_try = time.monotonic() + self.BACKOFF[min(failures, len(self.BACKOFF)) - 1]
+                self.last_error = short_reason(e)
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    self.outages += 1
+                    log.warning("MLflow server %s not answering (%s): per-epoch metrics are kept and sent when it answers",
+                                redact(self.run.tracking_uri), short_reason(e))
+                continue
+            with self._lock:
+                del self._pending[: len(batch)]
+            self.sent += len(batch)
+            if self._failing_since is not None:
+                log.info("MLflow server %s answers again after %.0f s: buffered metrics sent",
+                            redact(self.run.tracking_uri), time.monotonic() - self._failing_since)
+                self._failing_since = None
+            failures = 0
+            self._wake.set()  # more to send, or a stop to notice
+
+    def close(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the buffer to be sent; the number of metrics left."""
+        self._stop = True
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return self.pending
+
+
 def end_run(run: RunRef, status: str = "FINISHED", reason: str | None = None) -> None:
     client = _client(run.tracking_uri)
     if reason:
@@ -197,7 +307,8 @@ def _example_inputs(node_data: NodeDataRef, snapshot: SnapshotRef) -> tuple[torc
     keep = (rows < len(nodes)) & (col < len(nodes))
     snapshot_ids = np.asarray(graph.perm)[nodes]
     raw = read_feature_rows(snapshot.path, snapshot_ids)
-    x = raw if raw is not None else np.ones((len(nodes), 1), np.float32)
+    # no raw features: the model's input is the stored encoding (structural or constant)
+    x = raw if raw is not None else np.asarray(graph.x[nodes])
     x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
     edge_index = np.stack([col[keep], rows[keep]]).astype(np.int64)
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(edge_index)
@@ -293,7 +404,7 @@ def log_results(
     mlflow.set_registry_uri(run.tracking_uri)
     ts = int(time.time() * 1000)
     client.log_batch(run.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in evaluation.metrics.items() if np.isfinite(v)])
-    log_tags(run, extra_tags or {})
+    log_tags(run, {"graphpipe.input_encoding": stats.encoding(), **(extra_tags or {})})
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         (t / "plots").mkdir()

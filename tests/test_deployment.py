@@ -13,7 +13,7 @@ import urllib.request
 import psutil
 import pytest
 
-from deployments.stack import LocalStack, free_port
+from deployments.stack import DEAD_WORKER_BOUND_SECONDS, LocalStack, free_port, kill_tree
 from tests.conftest import dataset
 
 pytestmark = pytest.mark.slow
@@ -28,6 +28,7 @@ def stack(tmp_path_factory):
         s.start_servers()
         s.create_pools()
         s.deploy()
+        s.create_automations()  # zombie detection, as `stack.py up` does
         s.start_workers()
         yield s
     finally:
@@ -152,6 +153,32 @@ def test_nightly_deployment_end_to_end(stack, tmp_path):
     assert int(_tag(run4, "graphpipe.resumed_from_epoch")) >= 3
 
 
+def test_gpu_worker_killed_fails_the_nightly_run_within_the_bound(stack, tmp_path):
+    """SIGKILL of the whole gpu worker tree (no process left to report): the flow run's heartbeats
+    stop, the server's automation marks it Crashed, and the nightly run fails with that reason."""
+    try:
+        champion = _champion(stack)["version"]
+    except OSError:  # run alone: no champion yet
+        champion = None
+    run_id = _run_nightly(stack, tmp_path / "store", epochs=400)
+    _wait_for_epochs(stack, run_id, 3)
+    try:
+        assert len(kill_tree(stack.pids.pop("worker-gpu"))) >= 2  # the worker and its flow-run process
+        t0 = time.monotonic()
+        final = _wait(stack, run_id, timeout=600)
+        elapsed = time.monotonic() - t0
+    finally:
+        stack.start_workers(("gpu",))
+    assert final["state_type"] in {"FAILED", "CRASHED"}, final["state"]
+    assert "training flow run" in final["state"]["message"] and "heartbeat" in final["state"]["message"], final["state"]
+    # README's bound (2 minutes), with room for a loaded machine delaying the server's checks
+    assert elapsed <= DEAD_WORKER_BOUND_SECONDS + 60, elapsed
+    assert _train_runs(stack)[-1]["state_type"] == "CRASHED"
+    assert _mlflow_run(stack, run_id)["info"]["status"] == "FAILED"
+    if champion is not None:
+        assert _champion(stack)["version"] == champion
+
+
 def _training_process(stack: LocalStack) -> psutil.Process:
     """The flow-run process the gpu worker started for training (it is training now)."""
     worker = psutil.Process(stack.pids["worker-gpu"])
@@ -169,7 +196,7 @@ def _wait_for_epochs(stack: LocalStack, pipeline_run_id: str, epochs: int, timeo
             history = _get(f"{stack.mlflow_uri}/api/2.0/mlflow/metrics/get-history?{q}").get("metrics", [])
             if len(history) >= epochs:
                 return
-        except (AssertionError, KeyError, StopIteration):
+        except (AssertionError, KeyError, StopIteration, OSError):  # OSError: the experiment is not made yet
             pass
         time.sleep(1)
     raise TimeoutError(f"training did not reach {epochs} epochs")

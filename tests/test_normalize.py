@@ -79,9 +79,11 @@ def test_cached_by_snapshot_and_method(tmp_path):
     assert normalize_features(snap, _cfg(tmp_path, "none")).path != a.path
 
 
-def test_featureless_graph_gets_a_constant_feature(tmp_path):
-    ref = normalize_features(_snapshot(tmp_path, None), _cfg(tmp_path, "auto"))
+def test_featureless_graph_gets_a_constant_feature_with_structural_none(tmp_path):
+    cfg = load_config(None, ["normalize.structural=none"], base={"store": str(tmp_path / "store"), "data": {"name": "g"}})
+    ref = normalize_features(_snapshot(tmp_path, None), cfg)
     np.testing.assert_array_equal(np.load(Path(ref.path) / "x.npy"), np.ones((4, 1), np.float32))
+    assert load_stats(ref).encoding() == "constant"
 
 
 def test_standard_statistics_in_chunks_equal_numpy(monkeypatch):
