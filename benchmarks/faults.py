@@ -225,11 +225,24 @@ def _cmd(p: psutil.Process) -> list[str]:
         return []
 
 
+def _task_finished(run: Run, task: str) -> bool:
+    """This run's log says the Prefect task ``task`` finished (computed, not a cache hit)."""
+    return any(f"Task run '{task}-" in line and "Finished in state Completed()" in line for line in run.text().splitlines())
+
+
 def kill_points(store: Path) -> list[tuple[str, Callable[[Run], str | None]]]:
     g = gdir(store)
 
-    def tmp_in(kind: str) -> Callable[[Run], str | None]:
-        return lambda run: f"{kind}/ temporary directory present" if list((g / kind).glob(".*.tmp-*")) else None
+    def tmp_in(kind: str, after: str | None = None) -> Callable[[Run], str | None]:
+        """The stage's temporary directory seen, or (a small graph's stage can be over between two
+        looks) the previous task's end in the log: the stage is starting."""
+        def point(run: Run) -> str | None:
+            if list((g / kind).glob(".*.tmp-*")):
+                return f"{kind}/ temporary directory present"
+            if after and _task_finished(run, after):
+                return f"{after} task finished, next stage starting"
+            return None
+        return point
 
     def training(run: Run) -> str | None:
         for last in (g / "checkpoints").glob("*/last.pt"):
@@ -249,9 +262,10 @@ def kill_points(store: Path) -> list[tuple[str, Callable[[Run], str | None]]]:
 
     return [
         ("ingest", tmp_in("snapshots")),
-        ("normalize", tmp_in("features")),
-        ("partition (METIS child)", lambda run: "METIS child running" if _metis_running(run) else None),
-        ("layout", tmp_in("node_data")),
+        ("normalize", tmp_in("features", "ingest")),
+        ("partition (METIS child)", lambda run: "METIS child running" if _metis_running(run) else
+         ("normalize task finished, partition starting" if _task_finished(run, "normalize") else None)),
+        ("layout", tmp_in("node_data", "partition")),
         ("train", training),
         ("evaluate", evaluating),
         ("MLflow logging", logging_),
