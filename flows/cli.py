@@ -10,6 +10,7 @@
     graphpipe tune      (same input flags as run, or none: the current snapshot) [--trials N] [--timeout S]
     graphpipe generate  --out DIR [--nodes N ...]
     graphpipe demo      [--nodes 50000] [--store graphpipe-demo]
+    graphpipe verify    --store DIR --name NAME [--repair]
 
 A user's mistake prints one ``error:`` message (file, row or column, what was expected) and exits
 with status 2; no traceback. Inputs are checked (formats, columns) before Prefect's embedded server
@@ -244,6 +245,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every output of a graph against its manifest's sizes and checksums; exit 1 on damage."""
+    from storage.verify import format_table, verify_graph
+
+    try:
+        checks = verify_graph(args.store, args.name, repair=args.repair)
+    except FileNotFoundError as e:
+        raise InputError(str(e)) from None
+    print(format_table(checks))
+    damaged = [c for c in checks if c.status == "damaged"]
+    print(f"{len(checks)} outputs checked: {len(checks) - len(damaged)} sound, {len(damaged)} damaged")
+    return 1 if damaged else 0
+
+
+def _add_verify(sub: Any) -> None:
+    vp = sub.add_parser("verify", help="check a graph's stored outputs against their manifests (sizes, checksums)")
+    vp.add_argument("--store", metavar="DIR", default="graphpipe-store", help="graph store directory")
+    vp.add_argument("--name", default="graph", help="graph name in the store")
+    vp.add_argument("--repair", action="store_true", help="discard damaged outputs so that the next run rebuilds them")
+    vp.set_defaults(fn=cmd_verify)
+
+
 def _manifest_counts(path: str) -> dict[str, Any]:
     from storage.store import read_manifest
 
@@ -281,11 +304,16 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--progress", action="store_true")
     _add_startup_timeout(dp)
     dp.set_defaults(fn=cmd_demo)
+    _add_verify(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if argv is None and args.command in ("run", "ingest", "partition", "train", "demo"):
+        from flows.reaper import reap_children_on_exit
+
+        reap_children_on_exit()  # no process this command starts outlives it, even after a SIGKILL
     quiet_errors.install()  # a user's mistake: Prefect logs it without a traceback
     try:
         return args.fn(args)

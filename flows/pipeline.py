@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 
 from flows import quiet_errors, stages
 from flows.startup import apply_startup_limit
-from storage.store import NodeDataRef, PartitionRef
+from storage.store import NodeDataRef, PartitionRef, Store
 from tasks.config import PipelineConfig, load_config, redact_uri
 from tasks.tuned import apply_tuned, tuned_config_path
 
@@ -38,6 +38,13 @@ def resolve(config: PipelineConfig | dict | None, config_file: str | None, overr
     if cfg.tune.use_tuned:
         cfg, _ = apply_tuned(cfg)
     return cfg
+
+
+def _graph_lock(cfg: PipelineConfig):
+    """The graph's lock in the store, held while a flow writes it: a second run of the same graph
+    waits (saying for whom) up to ``lock_timeout_seconds``, then stops with a clear error. Training
+    on a deployment runs under the lock its parent flow holds."""
+    return Store(cfg.store).lock(cfg.data.name, cfg.lock_timeout_seconds)
 
 
 def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dict[str, Any]:
@@ -106,8 +113,9 @@ def graph_pipeline(
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
     stages.check_tracking(cfg)
-    snapshot = stages.ingest(cfg)
-    return _train_and_track(cfg, snapshot, train_on)
+    with _graph_lock(cfg):
+        snapshot = stages.ingest(cfg)
+        return _train_and_track(cfg, snapshot, train_on)
 
 
 @flow(name="graph-ingest")
@@ -115,7 +123,9 @@ def ingest_flow(config: PipelineConfig | None = None, config_file: str | None = 
                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """ingest only: the snapshot becomes the graph's current one."""
     stages.forward_library_logs()
-    snapshot = stages.ingest(resolve(config, config_file, overrides))
+    cfg = resolve(config, config_file, overrides)
+    with _graph_lock(cfg):
+        snapshot = stages.ingest(cfg)
     return {"snapshot": snapshot.path, "fingerprint": snapshot.fingerprint}
 
 
@@ -125,10 +135,11 @@ def partition_flow(config: PipelineConfig | None = None, config_file: str | None
     """normalize + partition the current snapshot."""
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
-    snapshot = stages.current_snapshot(cfg)
-    features = stages.normalize(snapshot, cfg)
-    partition = stages.partition(snapshot, cfg)
-    node_data = stages.layout(partition, snapshot, features, cfg)
+    with _graph_lock(cfg):
+        snapshot = stages.current_snapshot(cfg)
+        features = stages.normalize(snapshot, cfg)
+        partition = stages.partition(snapshot, cfg)
+        node_data = stages.layout(partition, snapshot, features, cfg)
     return {"snapshot": snapshot.path, "partition": partition.path, "node_data": node_data.path}
 
 
@@ -139,7 +150,8 @@ def train_flow(config: PipelineConfig | None = None, config_file: str | None = N
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
     stages.check_tracking(cfg)
-    return _train_and_track(cfg, stages.current_snapshot(cfg), train_on)
+    with _graph_lock(cfg):
+        return _train_and_track(cfg, stages.current_snapshot(cfg), train_on)
 
 
 @flow(name="graph-train-stage")

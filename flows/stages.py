@@ -157,6 +157,8 @@ METRICS_FLUSH_SECONDS = 300  # how long training waits, once done, for buffered 
 def check_tracking(config: PipelineConfig) -> None:
     """A clear one-line error, before any heavy work, when the MLflow tracking server is down
     (a few tries over about 10 s first: a server being restarted is waited for)."""
+    from tasks import track as track_mod
+
     track_mod.check_reachable(track_mod.tracking_uri(config))
 
 

@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows import stages
-from flows.pipeline import resolve
+from flows.pipeline import _graph_lock, resolve
 from tasks.config import PipelineConfig
 from tasks.track import run_link
 from tasks.tune import TuneResult, tune_graph
@@ -39,15 +39,19 @@ def graph_tune(
     cfg = resolve(config, config_file, overrides)
     if cfg.tune.use_tuned:  # the search starts from the configured values, not from its own last result
         cfg = resolve(config, config_file, {**(overrides or {}), "tune.use_tuned": False})
-    snapshot = stages.ingest(cfg) if cfg.data.edges else stages.current_snapshot(cfg)
-    partition = stages.partition(snapshot, cfg)
-    result = tune_graph(
-        cfg, snapshot, partition,
-        normalize=stages.normalize, layout=stages.layout,
-        parent_tags={"prefect.flow_run_id": str(flow_run.get_id() or ""),
-                     "prefect.flow_run_name": str(flow_run.get_name() or "")},
-        run_name=f"tune-{cfg.data.name}-{flow_run.get_name() or 'local'}",
-    )
+    stages.check_tracking(cfg)
+    # the tune writes the graph's snapshot, features, partition and node data like a run does: it
+    # holds the graph's lock, so a nightly run started meanwhile waits for it (lock_timeout_seconds)
+    with _graph_lock(cfg):
+        snapshot = stages.ingest(cfg) if cfg.data.edges else stages.current_snapshot(cfg)
+        partition = stages.partition(snapshot, cfg)
+        result = tune_graph(
+            cfg, snapshot, partition,
+            normalize=stages.normalize, layout=stages.layout,
+            parent_tags={"prefect.flow_run_id": str(flow_run.get_id() or ""),
+                         "prefect.flow_run_name": str(flow_run.get_name() or "")},
+            run_name=f"tune-{cfg.data.name}-{flow_run.get_name() or 'local'}",
+        )
     logger = get_run_logger()
     logger.info("tune of %s: best trial %d val_acc %.4f test_acc %.4f (default: val_acc %s, test_acc %s); %s; "
                 "best config in %s", cfg.data.name, result.best_trial, result.best_val_acc, result.best_test_acc,

@@ -28,6 +28,7 @@ process writes (layer outputs of full-graph inference).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import tempfile
@@ -104,6 +105,11 @@ def scratch_array(shape: tuple[int, ...], dtype: np.dtype | type, directory: str
     try:
         os.unlink(path)
         os.ftruncate(fd, nbytes)
+        try:  # claim the space now: a full disk is an error here, not a SIGBUS when pages are written
+            os.posix_fallocate(fd, 0, nbytes)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
         mm = mmap.mmap(fd, nbytes)
     finally:
         os.close(fd)

@@ -14,7 +14,10 @@
         predictions/<fingerprint>/   scored nodes (Parquet) + manifest.json
 
 Every directory is published whole (see :mod:`storage.atomic`); a directory with a
-``manifest.json`` is complete. Fingerprints cover the inputs' content and the parameters, so a
+``manifest.json`` is complete. The manifest records each file's size and checksum: a reused output
+whose sizes do not match is treated as missing and rebuilt (:func:`reusable`), and
+``graphpipe verify`` checks every checksum (:mod:`storage.verify`). A run holds the graph's lock
+(``.lock``, :mod:`storage.locks`) while it writes. Fingerprints cover the inputs' content and the parameters, so a
 changed graph never reuses a stale output.
 """
 
@@ -22,14 +25,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
+import shutil
 import subprocess
+import uuid
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from storage.atomic import read_json, write_bytes, write_json
+from storage.fingerprint import fingerprint_file
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -122,25 +131,103 @@ def make_manifest(
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Write the manifest last: its presence marks the directory complete."""
-    write_json(Path(directory) / MANIFEST, manifest)
+    """Write the manifest last: its presence marks the directory complete.
+
+    Adds ``checksums``: each listed regular file's size and content checksum
+    (:func:`storage.fingerprint.fingerprint_file`, SHA-256), so that damage done after publishing
+    is found: sizes on every read (:func:`damage`), contents by :func:`verify_directory`
+    (``graphpipe verify``).
+    """
+    d = Path(directory)
+    checksums = {}
+    for name in manifest.get("files", []):
+        f = d / name
+        if f.is_file():
+            checksums[name] = {"size": f.stat().st_size, "sha256": fingerprint_file(f)}
+    write_json(d / MANIFEST, {**manifest, "checksums": checksums})
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     return read_json(Path(directory) / MANIFEST)
 
 
-def is_complete(directory: str | os.PathLike) -> bool:
+def damage(directory: str | os.PathLike) -> str | None:
+    """Why ``directory`` is not a complete, undamaged output (``None`` if it is), checking only
+    what is cheap: the manifest, that every listed file exists, and each file's size against the
+    size recorded at publish time."""
     d = Path(directory)
+    if not d.is_dir():
+        return "missing"
     if not (d / MANIFEST).is_file():
-        return False
+        return "no manifest.json (incomplete)"
     try:
         manifest = read_manifest(d)
-    except (OSError, ValueError):
-        return False
-    return manifest.get("format_version") == FORMAT_VERSION and all(
-        (d / f).exists() for f in manifest.get("files", [])
-    )
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest.json ({e})"
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        return f"manifest.json has format version {manifest.get('format_version') if isinstance(manifest, dict) else '?'}, not {FORMAT_VERSION}"
+    sums = manifest.get("checksums") or {}
+    for name in manifest.get("files", []):
+        f = d / name
+        if not f.exists():
+            return f"{name} is missing"
+        want = sums.get(name, {}).get("size")
+        if want is not None:
+            size = f.stat().st_size
+            if size != want:
+                return f"{name} has {size} bytes, the manifest says {want}"
+    return None
+
+
+def is_complete(directory: str | os.PathLike) -> bool:
+    return damage(directory) is None
+
+
+def verify_directory(directory: str | os.PathLike) -> tuple[str, str]:
+    """Full check of a published directory: ``("ok" | "damaged" | "unverified", detail)``.
+    Every file's size and checksum against the manifest; ``unverified`` for outputs published
+    before checksums were recorded (complete, but their content cannot be checked)."""
+    d = Path(directory)
+    why = damage(d)
+    if why is not None:
+        return "damaged", why
+    manifest = read_manifest(d)
+    sums = manifest.get("checksums")
+    if not sums:
+        return "unverified", "published without checksums: sizes and contents cannot be checked"
+    bad = []
+    for name, want in sorted(sums.items()):
+        got = fingerprint_file(d / name)
+        if got != want.get("sha256"):
+            bad.append(f"{name} checksum {got} != {want.get('sha256')}")
+    if bad:
+        return "damaged", "; ".join(bad)
+    return "ok", f"{len(sums)} files"
+
+
+def reusable(directory: str | os.PathLike, what: str = "output") -> bool:
+    """True when ``directory`` is a complete, undamaged output a stage can reuse. If it exists but
+    is incomplete or damaged (size check, :func:`damage`), it is treated as missing: logged with
+    the reason, moved aside and deleted, so the stage builds and publishes it again."""
+    d = Path(directory)
+    why = damage(d)
+    if why is None:
+        return True
+    if why != "missing" and d.exists():
+        log.warning("%s %s is damaged or incomplete (%s): rebuilding it", what, d, why)
+        discard(d)
+    return False
+
+
+def discard(directory: str | os.PathLike) -> None:
+    """Remove a published directory: renamed aside first (one atomic step), then deleted."""
+    d = Path(directory)
+    aside = d.parent / f".{d.name}.damaged-{uuid.uuid4().hex[:12]}"
+    try:
+        d.rename(aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 class Store:
@@ -179,13 +266,25 @@ class Store:
         scores and trial), ``study.db`` (the Optuna study, so a tune resumes)."""
         return self.graph_dir(name) / "tuned"
 
+    def lock(self, name: str, timeout: float | None = None):
+        """Hold the graph's lock (a context manager, :func:`storage.locks.graph_lock`): one run
+        at a time writes a graph; the first holder removes leftovers of dead runs."""
+        from storage.locks import graph_lock
+
+        return graph_lock(self.graph_dir(name), timeout=timeout)
+
     # -- the current snapshot -------------------------------------------------------------
     def current_snapshot(self, name: str) -> SnapshotRef | None:
         pointer = self.graph_dir(name) / "CURRENT.json"
         if not pointer.is_file():
             return None
         ref = SnapshotRef(**read_json(pointer))
-        return ref if is_complete(ref.path) else None
+        why = damage(ref.path)
+        if why is not None:
+            log.warning("the current snapshot of graph %r, %s, is damaged or incomplete (%s): ingest it again",
+                        name, ref.path, why)
+            return None
+        return ref
 
     def set_current(self, ref: SnapshotRef) -> None:
         """Point ``CURRENT.json`` at ``ref`` (atomic) and append it to ``history.jsonl``."""

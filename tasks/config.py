@@ -253,6 +253,8 @@ class PipelineConfig(_Section):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     progress: bool = False
+    # how long a run waits for another run of the same graph to release the store's lock
+    lock_timeout_seconds: float = Field(default=600.0, ge=0)
 
     @field_validator("store")
     @classmethod

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from storage.atomic import publish_dir
 from storage.fingerprint import fingerprint_file, fingerprint_value
 from storage.snapshot import Features, GraphTables, id_dtype, write_snapshot
-from storage.store import FORMAT_VERSION, SnapshotRef, Store, is_complete, make_manifest, read_manifest, write_manifest
+from storage.store import FORMAT_VERSION, SnapshotRef, Store, is_complete, make_manifest, read_manifest, reusable, write_manifest
 from tasks.config import DataConfig, PipelineConfig
 from tasks.errors import InputError
 from tasks.readers import (
@@ -104,7 +104,7 @@ def ingest_graph(config: PipelineConfig, *, progress: bool | None = None) -> Sna
     store = Store(config.store)
     final = store.snapshot_dir(config.data.name, fingerprint)
     ref = SnapshotRef(path=str(final), name=config.data.name, fingerprint=fingerprint)
-    if is_complete(final):
+    if reusable(final, "snapshot"):
         log.info("cache hit: snapshot %s of graph %r", fingerprint, config.data.name)
         store.set_current(ref)
         return replace(ref, reused=True)

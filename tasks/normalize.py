@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from storage.atomic import publish_dir, read_json, write_json
+from storage.atomic import publish_dir, read_json, reserve, write_json
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TRAIN, Features, read_edges, read_features, read_nodes
-from storage.store import FeaturesRef, SnapshotRef, Store, is_complete, make_manifest, write_manifest
+from storage.store import FeaturesRef, SnapshotRef, Store, make_manifest, reusable, write_manifest
 from tasks.config import PipelineConfig
 from tasks.errors import InputError
 from tasks.partition import build_csr
@@ -197,7 +197,7 @@ def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> Feature
     store = Store(config.store)
     fp = fingerprint_value(FORMAT, snapshot.fingerprint, config.normalize.model_dump(mode="json"))
     out = store.features_dir(snapshot.name, fp)
-    if is_complete(out):
+    if reusable(out, "normalized features"):
         manifest_method = read_json(out / STATS)["method"]
         log.info("normalize: cache hit %s (%s)", out, manifest_method)
         return FeaturesRef(path=str(out), fingerprint=fp, method=manifest_method, reused=True)
@@ -235,6 +235,7 @@ def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> Feature
     with publish_dir(out) as tmp:
         width = stats.num_features if stats.num_features else 1
         target = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(num_nodes, width))
+        reserve(tmp / "x.npy")
         for start in range(0, num_nodes, _CHUNK_ROWS):
             stop = min(start + _CHUNK_ROWS, num_nodes)
             if encoded is not None:

@@ -14,6 +14,7 @@ while it waits, and kills the child if the stage is interrupted or cancelled.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ import pyarrow as pa
 import pymetis
 
 from storage.arrays import ClusterGraph, CSRRows, has_sparse_x, open_array, open_csr, write_arrays
-from storage.atomic import publish_dir, write_bytes
+from storage.atomic import publish_dir, reserve, write_bytes
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import EDGES, SPLIT_NAMES, SPLIT_TRAIN, read_edges, read_nodes
 from storage.store import (
@@ -43,7 +44,7 @@ from storage.store import (
     PartitionRef,
     SnapshotRef,
     Store,
-    is_complete,
+    reusable,
     make_manifest,
     read_manifest,
     write_manifest,
@@ -214,7 +215,8 @@ def _run_metis(workdir: Path, num_nodes: int, nnz: int, num_parts: int, seed: in
     log.log(level, "METIS running: %d parts, %d nodes, %d adjacency entries", num_parts, num_nodes, nnz)
     start = time.perf_counter()
     package_root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+           "GRAPHPIPE_METIS_PARENT": str(os.getpid())}  # the child dies with this process
     proc = subprocess.Popen(
         [sys.executable, "-m", "tasks.metis_process", str(workdir), str(num_parts), str(seed)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=package_root,
@@ -234,6 +236,8 @@ def _run_metis(workdir: Path, num_nodes: int, nnz: int, num_parts: int, seed: in
     if proc.returncode != 0:
         tail = stderr.decode(errors="replace").strip()[-2000:]
         why = f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        if "No space left on device" in tail:  # the child's own writes hit a full disk
+            raise OSError(errno.ENOSPC, f"No space left on device (METIS writing into {workdir})")
         raise RuntimeError(f"METIS failed ({why}) on {num_nodes} nodes, {num_parts} parts: {tail or 'no message'}")
     if not (workdir / "result.json").exists():
         raise RuntimeError(f"METIS ended without a result on {num_nodes} nodes, {num_parts} parts")
@@ -434,7 +438,7 @@ def partition_graph(snapshot: SnapshotRef, config: PipelineConfig, *, progress: 
     fp = partition_fingerprint(snapshot, num_parts, seed)
     final = Store(config.store).partition_dir(snapshot.name, fp)
     ref = PartitionRef(path=str(final), fingerprint=fp, num_parts=num_parts)
-    if is_complete(final):
+    if reusable(final, "partition"):
         log.info("partition %s: cache hit (%s)", fp, final)
         return replace(ref, reused=True)
 
@@ -475,6 +479,7 @@ def _permute_rows_to_file(x: np.ndarray, perm: np.ndarray, path: Path) -> None:
     """Write ``x[perm]`` as a float32 ``.npy`` file, a slice of rows at a time."""
     n, d = len(perm), int(x.shape[1])
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    reserve(path)
     step = max(1, _LAYOUT_CHUNK_BYTES // max(1, 4 * d))
     for a in range(0, n, step):
         out[a : a + step] = x[perm[a : a + step]]
@@ -517,7 +522,7 @@ def layout_node_data(
     fp = node_data_fingerprint(partition, features, snapshot)
     final = Store(config.store).node_data_dir(snapshot.name, fp)
     ref = NodeDataRef(path=str(final), fingerprint=fp, partition=partition)
-    if is_complete(final):
+    if reusable(final, "node data"):
         log.info("node data %s: cache hit (%s)", fp, final)
         return replace(ref, reused=True)
     start = time.perf_counter()

@@ -14,6 +14,8 @@ the same data and settings.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import io
 import logging
 import os
@@ -30,8 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from storage.arrays import ClusterGraph
-from storage.atomic import write_bytes
+from storage.atomic import disk_full_as_error, write_bytes
 from storage.fingerprint import fingerprint_value
+from storage.locks import checkpoint_lock
 from storage.snapshot import SPLIT_TRAIN
 from storage.store import NodeDataRef, Store
 from tasks.batching import Batch, Kind, batch_arrays, batch_from_arrays, build_batch, epoch_batches
@@ -269,6 +272,26 @@ def train_epoch(
     return {"loss": loss_sum / max(seen, 1), "batch_train_acc": correct / max(seen, 1)}
 
 
+def _one_training_per_checkpoint_dir(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """Hold the checkpoint directory's lock (:func:`storage.locks.checkpoint_lock`) for the whole
+    training: two runs with the same data and settings never write one directory at once; the
+    second waits up to ``lock_timeout_seconds``, then stops with a clear error."""
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> TrainResult:
+        bound = signature.bind(*args, **kwargs).arguments
+        config: PipelineConfig = bound["config"]
+        key = checkpoint_key(bound["node_data"], config.train, bound.get("init_from"))
+        ckpt_dir = Store(config.store).checkpoint_dir(config.data.name, key)
+        with checkpoint_lock(ckpt_dir, timeout=config.lock_timeout_seconds), disk_full_as_error(ckpt_dir):
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+@_one_training_per_checkpoint_dir
 def train_cluster_gcn(
     node_data: NodeDataRef,
     config: PipelineConfig,
