@@ -108,10 +108,8 @@ def side_graphpipe(p: dict) -> dict:
     import numpy as np
 
     from tasks.evaluate import evaluate_model
-    from tasks.ingest import ingest_graph
     from tasks.model import MODEL_FILE, load_checkpoint
-    from tasks.normalize import normalize_features
-    from tasks.partition import layout_node_data, partition_graph
+    from tasks.prepare import prepare_graph
     from tasks.train import train_cluster_gcn
 
     _setup_torch(p["threads"])
@@ -119,10 +117,7 @@ def side_graphpipe(p: dict) -> dict:
     for seed in p["seeds"]:
         cfg = dataset_config(p["dataset"], p["store"], seed, p["epochs"], p["workdir"])
         t0 = B.timer()
-        snap = ingest_graph(cfg)
-        feats = normalize_features(snap, cfg)
-        part = partition_graph(snap, cfg)
-        nd = layout_node_data(part, snap, feats, cfg)
+        snap, feats, part, nd = prepare_graph(cfg)
         prep_s = B.timer() - t0
         if p.get("prep_only"):  # the data the full-batch sides read; training runs in another process
             runs.append({"seed": seed, "node_data": asdict(nd), "snapshot": snap.path})

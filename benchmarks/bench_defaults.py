@@ -125,9 +125,7 @@ def run_cell(graph: str, candidate: str, seed: int, epochs: int | None, workdir:
     """One pipeline run (stages in this process); returns test/val accuracy and timings."""
     from tasks.config import load_config
     from tasks.evaluate import evaluate_model
-    from tasks.ingest import ingest_graph
-    from tasks.normalize import normalize_features
-    from tasks.partition import layout_node_data, partition_graph
+    from tasks.prepare import prepare_graph
     from tasks.train import train_cluster_gcn
 
     base = {"store": str(workdir / "store" / graph), **graph_inputs(graph, workdir)}
@@ -137,10 +135,7 @@ def run_cell(graph: str, candidate: str, seed: int, epochs: int | None, workdir:
         overrides["train.epochs"] = epochs
     cfg = load_config(base=base, overrides=overrides)
     t0 = time.perf_counter()
-    snap = ingest_graph(cfg)
-    feats = normalize_features(snap, cfg)
-    part = partition_graph(snap, cfg)
-    nd = layout_node_data(part, snap, feats, cfg)
+    snap, feats, part, nd = prepare_graph(cfg)
     prep = time.perf_counter() - t0
     t0 = time.perf_counter()
     trained = train_cluster_gcn(nd, cfg)

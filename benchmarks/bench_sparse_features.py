@@ -43,10 +43,8 @@ def side_run(p: dict) -> dict:
 
     from tasks.config import load_config
     from tasks.evaluate import evaluate_model
-    from tasks.ingest import ingest_graph
     from tasks.model import MODEL_FILE, load_checkpoint
-    from tasks.normalize import normalize_features
-    from tasks.partition import layout_node_data, partition_graph
+    from tasks.prepare import prepare_graph
     from tasks.train import train_cluster_gcn
 
     if p["threads"]:
@@ -60,10 +58,7 @@ def side_run(p: dict) -> dict:
         overrides["normalize.method"] = p["normalize"]
     cfg = load_config(base=base, overrides=overrides)
     t0 = B.timer()
-    snap = ingest_graph(cfg)
-    feats = normalize_features(snap, cfg)
-    part = partition_graph(snap, cfg)
-    nd = layout_node_data(part, snap, feats, cfg)
+    snap, feats, part, nd = prepare_graph(cfg)
     prep = B.timer() - t0
     t0 = B.timer()
     trained = train_cluster_gcn(nd, cfg)

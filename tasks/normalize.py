@@ -247,21 +247,19 @@ def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> Feature
             raise ValueError(f"normalization produced non-finite values from {snapshot.path}")
         target.flush()
         del target
-        write_json(tmp / STATS, stats.to_json())
-        write_manifest(
-            tmp,
-            make_manifest(
-                "features",
-                fp,
-                params=config.normalize.model_dump(mode="json")
-                | {"resolved_method": stats.method, "resolved_structural": stats.encoding()},
-                inputs={"snapshot": snapshot.fingerprint},
-                counts={"num_nodes": num_nodes, "num_features": width},
-                files=["x.npy", STATS],
-            ),
-        )
+        _finish(tmp, fp, stats, snapshot, config, ["x.npy"], {"num_nodes": num_nodes, "num_features": width})
     log.info("normalize: %s features of %d nodes -> %s", stats.method if x is not None else stats.encoding(), num_nodes, out)
     return FeaturesRef(path=str(out), fingerprint=fp, method=stats.method)
+
+
+def _finish(tmp: Path, fp: str, stats: NormalizationStats, snapshot: SnapshotRef, config: PipelineConfig,
+            files: list[str], counts: dict[str, int]) -> None:
+    """The statistics and the manifest (written last) of a features directory being published."""
+    write_json(tmp / STATS, stats.to_json())
+    params = config.normalize.model_dump(mode="json") | {
+        "resolved_method": stats.method, "resolved_structural": stats.encoding(), "sparse": stats.sparse}
+    write_manifest(tmp, make_manifest("features", fp, params=params, inputs={"snapshot": snapshot.fingerprint},
+                                      counts=counts, files=[*files, STATS]))
 
 
 def _publish_sparse(out: Path, fp: str, x: Features, stats: NormalizationStats, snapshot: SnapshotRef,
@@ -277,18 +275,8 @@ def _publish_sparse(out: Path, fp: str, x: Features, stats: NormalizationStats, 
         if shift is not None:
             np.save(tmp / "x_shift.npy", shift)
             files.append("x_shift.npy")
-        write_json(tmp / STATS, stats.to_json())
-        write_manifest(
-            tmp,
-            make_manifest(
-                "features",
-                fp,
-                params=config.normalize.model_dump(mode="json") | {"resolved_method": stats.method, "sparse": True},
-                inputs={"snapshot": snapshot.fingerprint},
-                counts={"num_nodes": num_nodes, "num_features": stats.num_features, "nnz": int(csr.nnz)},
-                files=[*files, STATS],
-            ),
-        )
+        _finish(tmp, fp, stats, snapshot, config, files,
+                {"num_nodes": num_nodes, "num_features": stats.num_features, "nnz": int(csr.nnz)})
     log.info("normalize: %s features of %d nodes -> %s (sparse: %d non-zeros, %.2f%%)", stats.method, num_nodes,
              out, csr.nnz, 100 * csr.nnz / max(num_nodes * stats.num_features, 1))
     return FeaturesRef(path=str(out), fingerprint=fp, method=stats.method)

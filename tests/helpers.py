@@ -50,3 +50,17 @@ def gcn_normalize(a: np.ndarray) -> np.ndarray:
     a = a + np.eye(len(a))
     d = a.sum(axis=1)
     return a / np.sqrt(np.outer(d, d))
+
+
+def prepared_generated(root, overrides: list[str], **generator):
+    """A generated community graph under ``root`` taken through the data stages (no Prefect):
+    returns the config (``overrides`` applied, store under ``root``) and the prepared graph."""
+    from tasks.config import load_config
+    from tasks.generate import GeneratorConfig, generate_graph
+    from tasks.prepare import prepare_graph
+
+    gen = generate_graph(GeneratorConfig(**generator), root / "input")
+    cfg = load_config(None, overrides, base={"store": str(root / "store"),
+                                             "data": {"name": "g", "edges": [str(gen.edges_path)],
+                                                      "nodes": str(gen.nodes_path)}})
+    return cfg, prepare_graph(cfg)

@@ -49,18 +49,12 @@ def plant(path: Path, marker: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from tasks.generate import GeneratorConfig, generate_graph
-    from tasks.ingest import ingest_graph
-    from tasks.normalize import normalize_features
-    from tasks.partition import layout_node_data, partition_graph
+    from tests.helpers import prepared_generated
 
-    root = tmp_path_factory.mktemp("sec")
-    gen = generate_graph(GeneratorConfig(num_nodes=400, num_classes=3, num_features=8, seed=2), root / "input")
-    cfg = load_config(None, ["train.epochs=2", "train.hidden=8", "partition.num_parts=4"],
-                      base={"store": str(root / "store"),
-                            "data": {"name": "g", "edges": [str(gen.edges_path)], "nodes": str(gen.nodes_path)}})
-    snap = ingest_graph(cfg)
-    return cfg, layout_node_data(partition_graph(snap, cfg), snap, normalize_features(snap, cfg), cfg)
+    cfg, prepared = prepared_generated(tmp_path_factory.mktemp("sec"),
+                                       ["train.epochs=2", "train.hidden=8", "partition.num_parts=4"],
+                                       num_nodes=400, num_classes=3, num_features=8, seed=2)
+    return cfg, prepared.node_data
 
 
 def test_load_checkpoint_refuses_a_pickle_that_runs_code(tmp_path):

@@ -9,12 +9,11 @@ import torch
 from storage.store import NodeDataRef
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import InputError
-from tasks.generate import GeneratorConfig, generate_graph
-from tasks.ingest import ingest_graph
 from tasks.model import MODEL_FILE, load_checkpoint
-from tasks.normalize import normalize_features
-from tasks.partition import layout_node_data, load_cluster_graph, partition_graph
+from tasks.partition import load_cluster_graph
+from tasks.prepare import prepare_graph
 from tasks.train import Prefetcher, resolve_clusters_per_batch, train_cluster_gcn, train_epoch
+from tests.helpers import prepared_generated
 
 
 class Killed(Exception):
@@ -23,14 +22,10 @@ class Killed(Exception):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> tuple[PipelineConfig, NodeDataRef]:
-    root = tmp_path_factory.mktemp("train")
-    gen = generate_graph(GeneratorConfig(num_nodes=3000, num_classes=4, num_features=16, seed=1), root / "input")
-    cfg = load_config(None, ["train.epochs=6", "train.hidden=16", "partition.num_parts=12"],
-                      base={"store": str(root / "store"),
-                            "data": {"name": "g", "edges": [str(gen.edges_path)], "nodes": str(gen.nodes_path)}})
-    snap = ingest_graph(cfg)
-    part = partition_graph(snap, cfg)
-    return cfg, layout_node_data(part, snap, normalize_features(snap, cfg), cfg)
+    cfg, prepared = prepared_generated(tmp_path_factory.mktemp("train"),
+                                       ["train.epochs=6", "train.hidden=16", "partition.num_parts=12"],
+                                       num_nodes=3000, num_classes=4, num_features=16, seed=1)
+    return cfg, prepared.node_data
 
 
 def _with(cfg: PipelineConfig, store: Path, *overrides: str) -> PipelineConfig:
@@ -131,8 +126,7 @@ def test_graph_without_training_labels_is_rejected(tmp_path):
     edges.write_text("src,dst\n0,1\n1,2\n2,3\n")
     cfg = load_config(None, [], base={"store": str(tmp_path / "s"), "data": {"name": "u", "edges": [str(edges)]},
                                       "partition": {"num_parts": 2}})
-    snap = ingest_graph(cfg)
-    nd = layout_node_data(partition_graph(snap, cfg), snap, normalize_features(snap, cfg), cfg)
+    nd = prepare_graph(cfg).node_data
     with pytest.raises(InputError, match="no labeled training nodes"):
         train_cluster_gcn(nd, cfg)
 
