@@ -18,6 +18,8 @@ import threading
 import time
 import urllib.parse
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -399,9 +401,32 @@ def log_results(
     extra_tags: dict[str, Any] | None = None,
 ) -> TrackResult:
     """Final metrics, plots, statistics, lineage, the model and its registered version."""
+    with _fluent_uris(run.tracking_uri):
+        return _log_results(run, config, snapshot=snapshot, stats=stats, node_data=node_data,
+                            trained_dir=trained_dir, history=history, evaluation=evaluation, extra_tags=extra_tags)
+
+
+@contextmanager
+def _fluent_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``mlflow.start_run``, ``log_model``) at ``uri`` for a block, then
+    restore what was there: ``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``, which
+    would otherwise send every later run of this process (another store, a tune) to this one."""
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])  # None unsets it
+        mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"])
+        if before["MLFLOW_REGISTRY_URI"] is None:
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+
+def _log_results(run: RunRef, config: PipelineConfig, *, snapshot: SnapshotRef, stats: Any, node_data: NodeDataRef,
+                 trained_dir: str, history: list[dict[str, float]], evaluation: EvaluationRef,
+                 extra_tags: dict[str, Any] | None) -> TrackResult:
     client = _client(run.tracking_uri)
-    mlflow.set_tracking_uri(run.tracking_uri)
-    mlflow.set_registry_uri(run.tracking_uri)
     ts = int(time.time() * 1000)
     client.log_batch(run.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in evaluation.metrics.items() if np.isfinite(v)])
     log_tags(run, {"graphpipe.input_encoding": stats.encoding(), **(extra_tags or {})})

@@ -1,5 +1,6 @@
 """The whole flow under Prefect on real data, checked through MLflow."""
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -62,6 +63,9 @@ def test_cora_pipeline_under_prefect_is_tracked_in_mlflow(prefect_harness, tmp_p
     # the registered model is a working predictor on raw features + edge_index
     version = client.get_model_version(ml["model"], ml["model_version"])
     assert version.run_id == ml["run_id"]
+    # the run did not leave its tracking URI as this process's default (a later run on another store
+    # would be logged here): mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI
+    assert os.environ.get("MLFLOW_TRACKING_URI") is None
     assert str(client.get_model_version_by_alias(ml["model"], "champion").version) == ml["model_version"]
     mlflow.set_tracking_uri(ml["tracking_uri"])
     model = mlflow.pytorch.load_model(f"models:/{ml['model']}/{ml['model_version']}")
