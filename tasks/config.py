@@ -231,7 +231,9 @@ class TuneConfig(_Section):
     weight decay, hidden, dropout, layers and clusters per batch. ``trials`` is the study's total
     (a rerun resumes it); ``patience``: early stopping of each trial. ``use_tuned``: runs take the
     graph's best tuned config from the store (``<store>/graphs/<name>/tuned/best.yaml``) under
-    the explicit overrides."""
+    the explicit overrides. ``min_improvement``: the validation accuracy a trial must gain over the
+    configured (default) trial to be saved as the best, so noise on a small validation set does not
+    replace good defaults."""
 
     trials: int = Field(default=20, ge=1)
     timeout: float | None = Field(default=None, gt=0)  # seconds for the whole study
@@ -240,6 +242,9 @@ class TuneConfig(_Section):
     prune_startup_trials: int = Field(default=4, ge=0)  # trials that run to the end before pruning starts
     prune_warmup_epochs: int = Field(default=10, ge=0)  # epochs of every trial before it can be pruned
     use_tuned: bool = False
+    # the best trial replaces the configured (default) trial only if its validation accuracy is
+    # higher by at least this much; otherwise the saved "best" config is the configured one
+    min_improvement: float = Field(default=0.01, ge=0, le=1)
 
 
 class PipelineConfig(_Section):

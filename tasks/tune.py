@@ -256,6 +256,12 @@ def _finish(config: PipelineConfig, study: optuna.Study, tuned_dir: Path, storag
                          "raise tune.trials or tune.timeout")
     best = max(complete, key=lambda t: (t.value, -t.number))  # ties: the earlier trial (the default first)
     default = next((t for t in complete if t.user_attrs.get("default")), None)
+    margin = config.tune.min_improvement
+    if default is not None and best is not default and best.value < default.value + margin:
+        # a few hundred validation nodes: a smaller gain is as likely noise as a better config
+        log.info("tune: best trial %d (val_acc %.4f) beats the default (%.4f) by less than tune.min_improvement=%g: "
+                 "keeping the default", best.number, best.value, default.value, margin)
+        best = default
     states = [t.state.name.lower() for t in study.trials]
     counts = {s: states.count(s) for s in sorted(set(states))}
     params = dict(best.params)

@@ -43,6 +43,8 @@ def test_small_tune_logs_child_runs_prunes_and_saves_the_best_config(graph_files
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best_val_acc"] == pytest.approx(result.best_val_acc)
     assert parent.data.metrics["best_val_acc"] >= parent.data.metrics["default_val_acc"]
+    # a trial replaces the configured one only with a real gain on validation (tune.min_improvement)
+    assert result.best_trial == 0 or result.best_val_acc >= result.default_val_acc + cfg.tune.min_improvement
     children = client.search_runs([result.parent_run.experiment_id],
                                   f"tags.mlflow.parentRunId = '{result.parent_run.run_id}'")
     assert sorted(r.info.run_id for r in children) == sorted(result.child_runs)
