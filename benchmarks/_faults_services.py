@@ -48,7 +48,6 @@ if str(REPO) not in sys.path:
 from deployments.stack import DEAD_WORKER_BOUND_SECONDS, LocalStack, free_port, kill_tree  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 DEAD_WORKER_BOUND_S = DEAD_WORKER_BOUND_SECONDS  # what README promises for a dead gpu worker
 
 
@@ -153,20 +152,10 @@ def gpu_worker_killed(workdir: Path, smoke: bool) -> dict:
               "track": {"experiment": "faults-gpu"}}
 
     def nightly(epochs: int) -> str:
-        out = stack._prefect("deployment", "run", "graph-pipeline/nightly", "--param", f"config={json.dumps(config)}",
-                             "--param", f"overrides={json.dumps({'train.epochs': epochs})}")
-        import re
-
-        return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
+        return stack.run_deployment("graph-pipeline/nightly", config=config, overrides={"train.epochs": epochs})
 
     def wait(run_id: str, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = _get(f"{stack.prefect_api}/flow_runs/{run_id}")
-            if run["state_type"] in FINAL:
-                return run
-            time.sleep(2)
-        return _get(f"{stack.prefect_api}/flow_runs/{run_id}")
+        return stack.wait_flow_run(run_id, timeout)
 
     try:
         stack.up()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,6 +35,9 @@ CLIENT_MAX_RETRIES = 7
 # HEARTBEAT_SECONDS before the death; the automation is evaluated every 5 s), and the nightly run
 # waiting for it notices within one poll (5 s): README's bound, with a margin for the server's work.
 DEAD_WORKER_BOUND_SECONDS = 120
+
+
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 
 def free_port() -> int:
@@ -107,6 +112,28 @@ class LocalStack:
     def _prefect(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=self.env(), capture_output=True,
                               text=True, check=check, timeout=300, stdin=subprocess.DEVNULL)
+
+    def run_deployment(self, name: str, **params: Any) -> str:
+        """Start a flow run of deployment ``name`` (``prefect deployment run``, each parameter
+        JSON-encoded as ``--param``) and return its id."""
+        args = [a for k, v in params.items() for a in ("--param", f"{k}={json.dumps(v)}")]
+        out = self._prefect("deployment", "run", name, *args)
+        found = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout)
+        if not found:
+            raise RuntimeError(f"prefect deployment run {name}: no flow run id in its output:\n{out.stdout}{out.stderr}")
+        return found.group(1)
+
+    def wait_flow_run(self, flow_run_id: str, timeout: float = 600, poll: float = 2.0) -> dict[str, Any]:
+        """The flow run (as Prefect's API returns it) once its state is final (completed, failed,
+        crashed, cancelled), or as it is after ``timeout`` seconds: check ``state_type``."""
+        url = f"{self.prefect_api}/flow_runs/{flow_run_id}"
+        deadline = time.monotonic() + timeout
+        while True:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                run = json.loads(r.read())
+            if run["state_type"] in FINAL_STATES or time.monotonic() >= deadline:
+                return run
+            time.sleep(poll)
 
     def start_servers(self, which: tuple[str, ...] = ("prefect", "mlflow")) -> None:
         """Start the servers (both by default; one to restart it after :meth:`stop_process`) and

@@ -5,7 +5,6 @@ runs started with `prefect deployment run`. Every process is stopped, also when 
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.parse
 import urllib.request
@@ -13,12 +12,11 @@ import urllib.request
 import psutil
 import pytest
 
-from deployments.stack import DEAD_WORKER_BOUND_SECONDS, LocalStack, free_port, kill_tree
+from deployments.stack import DEAD_WORKER_BOUND_SECONDS, FINAL_STATES, LocalStack, free_port, kill_tree
 from tests.conftest import dataset
 
 pytestmark = pytest.mark.slow
 
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +49,14 @@ def _run_nightly(stack: LocalStack, store, epochs: int) -> str:
     d = dataset("cora")
     config = {"store": str(store), "data": {"name": "cora", "edges": [str(d / "edges.csv")], "nodes": str(d / "nodes.parquet")},
               "track": {"experiment": "e2e"}}
-    out = stack._prefect("deployment", "run", "graph-pipeline/nightly", "--param", f"config={json.dumps(config)}",
-                         "--param", f"overrides={json.dumps({'train.epochs': epochs})}")
-    return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
+    return stack.run_deployment("graph-pipeline/nightly", config=config, overrides={"train.epochs": epochs})
 
 
 def _wait(stack: LocalStack, flow_run_id: str, timeout: float = 600) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = _get(f"{stack.prefect_api}/flow_runs/{flow_run_id}")
-        if run["state_type"] in FINAL:
-            return run
-        time.sleep(2)
-    raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout} s")
+    run = stack.wait_flow_run(flow_run_id, timeout)
+    if run["state_type"] not in FINAL_STATES:
+        raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout} s")
+    return run
 
 
 def _task_states(stack: LocalStack, flow_run_id: str) -> dict[str, str]:
