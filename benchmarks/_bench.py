@@ -418,7 +418,7 @@ def graph_key(num_nodes: int, avg_degree: float, num_features: int, seed: int = 
 def generated_input(workdir: Path, num_nodes: int, avg_degree: float, num_features: int, seed: int = 0,
                     fmt: str = "parquet") -> tuple[Path, Path]:
     """``(edges, nodes)`` files of a generated community graph, generated once into the workdir."""
-    from tasks.generate import GeneratorConfig, generate_graph
+    from tasks.synthetic.generate import GeneratorConfig, generate_graph
 
     key = graph_key(num_nodes, avg_degree, num_features, seed)
     out = workdir / "graphs" / key / "input"
@@ -457,9 +457,9 @@ def prepared(workdir: Path, num_nodes: int, avg_degree: float, num_features: int
         paths = [refs[k]["path"] for k in ("snapshot", "features", "partition", "node_data") if refs.get(k)]
         if all((Path(p) / "manifest.json").exists() for p in paths):
             return refs
-    from tasks.ingest import ingest_graph
-    from tasks.normalize import normalize_features
-    from tasks.partition import layout_node_data, partition_graph
+    from tasks.ingest.snapshot import ingest_graph
+    from tasks.normalize.features import normalize_features
+    from tasks.partition.partition import layout_node_data, partition_graph
 
     edges, nodes = generated_input(workdir, num_nodes, avg_degree, num_features, seed)
     sections: dict[str, Any] = {}

@@ -7,7 +7,7 @@ level (no torch), so the side's peak RSS stays comparable.
 from __future__ import annotations
 
 # -- ingest ----------------------------------------------------------------------------------------
-# Prototypes of the proposed changes to tasks/ingest.py, storage/snapshot.py and
+# Prototypes of the proposed changes to tasks/ingest/snapshot.py, storage/snapshot.py and
 # storage/fingerprint.py; ``install_ingest_proposals()`` patches them into the imported modules
 # (benchmark process only).
 
@@ -53,7 +53,7 @@ def write_snapshot_no_dictionary(directory, tables) -> list[str]:
 def install_ingest_proposals() -> None:
     import numpy as np
 
-    import tasks.ingest as ingest
+    import tasks.ingest.snapshot as ingest
 
     original_sorted_unique, original_lookup = ingest._sorted_unique, ingest._lookup
 

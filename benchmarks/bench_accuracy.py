@@ -6,7 +6,7 @@ gen_heterophilous, gen_weak_features). Cora and CiteSeer have the Planetoid publ
 (140/500/1000 and 120/500/1000); Amazon Computers and Coauthor CS have none, so graphpipe's ingest
 generates a per-class split (20 train / 30 val per class, the rest test) seeded by ``split.seed``.
 The generated graphs are those of ``benchmarks/bench_defaults.py`` (8,000-node DC-SBM graphs of
-different homophily and feature signal, ``tasks/generate.py``), with the per-class 20/30 split
+different homophily and feature signal, ``tasks/synthetic/generate.py``), with the per-class 20/30 split
 forced and seeded like the other two.
 
 Per dataset and per seed (``--seeds``, default 0,1,2; the seed sets ``train.seed`` and
@@ -14,9 +14,9 @@ Per dataset and per seed (``--seeds``, default 0,1,2; the seed sets ``train.seed
 each in its own process:
 
 - ``graphpipe``: the pipeline's real stages without Prefect or MLflow, in a fresh temporary store
-  per dataset: ``tasks.ingest.ingest_graph`` -> ``tasks.normalize.normalize_features`` ->
-  ``tasks.partition.partition_graph`` -> ``layout_node_data`` -> ``tasks.train.train_cluster_gcn``
-  -> ``tasks.evaluate.evaluate_model``, with the project's **default config** (``tasks/config.py``:
+  per dataset: ``tasks.ingest.snapshot.ingest_graph`` -> ``tasks.normalize.features.normalize_features`` ->
+  ``tasks.partition.partition.partition_graph`` -> ``layout_node_data`` -> ``tasks.train.loop.train_cluster_gcn``
+  -> ``tasks.evaluate.evaluate.evaluate_model``, with the project's **default config** (``tasks/config.py``:
   normalization, model, optimizer, epochs, early stopping, clusters per batch; see
   ``docs/defaults.md``); only the seeds are set. Reported: ``evaluate_model``'s ``test_acc`` (the
   best-validation epoch's weights, full-graph layer-wise inference).
@@ -107,10 +107,10 @@ def side_graphpipe(p: dict) -> dict:
 
     import numpy as np
 
-    from tasks.evaluate import evaluate_model
-    from tasks.model import MODEL_FILE, load_checkpoint
+    from tasks.evaluate.evaluate import evaluate_model
+    from tasks.train.model import MODEL_FILE, load_checkpoint
     from tasks.prepare import prepare_graph
-    from tasks.train import train_cluster_gcn
+    from tasks.train.loop import train_cluster_gcn
 
     _setup_torch(p["threads"])
     runs = []
@@ -176,7 +176,7 @@ def sparse_input(model, p: float):
     import torch.nn.functional as F
     from torch import nn
 
-    from tasks.model import dropout
+    from tasks.train.model import dropout
 
     class SparseLinear(nn.Module):
         def __init__(self, lin):

@@ -1,6 +1,6 @@
 """An Amazon2M-sized graph through every stage of graphpipe on this machine (issue 4, item 5).
 
-The graph: ``tasks.generate`` with the shape of the Cluster-GCN paper's Amazon2M (2,449,029 nodes,
+The graph: ``tasks.synthetic.generate`` with the shape of the Cluster-GCN paper's Amazon2M (2,449,029 nodes,
 ~61.9M distinct undirected edges after deduplication, 100 features, 47 classes; see
 docs/generator.md), written as a Parquet edge list + node table like a user's export.
 
@@ -72,7 +72,7 @@ def _refs(p: dict[str, Any]):
 
 
 def side_generate(p: dict[str, Any]) -> dict[str, Any]:
-    from tasks.generate import GeneratorConfig, generate_graph
+    from tasks.synthetic.generate import GeneratorConfig, generate_graph
 
     g = p["graph"]
     cfg = GeneratorConfig(num_nodes=g["nodes"], avg_degree=g["avg_degree"], num_classes=g["classes"],
@@ -97,7 +97,7 @@ def side_generate(p: dict[str, Any]) -> dict[str, Any]:
 def side_ingest(p: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from tasks.ingest import ingest_counts, ingest_graph
+    from tasks.ingest.snapshot import ingest_counts, ingest_graph
 
     t0 = time.perf_counter()
     snap = ingest_graph(_config(p))
@@ -107,7 +107,7 @@ def side_ingest(p: dict[str, Any]) -> dict[str, Any]:
 def side_normalize(p: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from tasks.normalize import normalize_features
+    from tasks.normalize.features import normalize_features
 
     t0 = time.perf_counter()
     ref = normalize_features(_refs(p)["snapshot"], _config(p))
@@ -118,7 +118,7 @@ def side_partition(p: dict[str, Any]) -> dict[str, Any]:
     import json
     from dataclasses import asdict
 
-    from tasks.partition import partition_graph
+    from tasks.partition.partition import partition_graph
 
     t0 = time.perf_counter()
     ref = partition_graph(_refs(p)["snapshot"], _config(p), progress=True)
@@ -129,7 +129,7 @@ def side_partition(p: dict[str, Any]) -> dict[str, Any]:
 def side_layout(p: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from tasks.partition import layout_node_data
+    from tasks.partition.partition import layout_node_data
 
     r = _refs(p)
     t0 = time.perf_counter()
@@ -140,9 +140,9 @@ def side_layout(p: dict[str, Any]) -> dict[str, Any]:
 def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    from tasks.batching import build_batch, epoch_batches
-    from tasks.partition import load_cluster_graph
-    from tasks.train import resolve_clusters_per_batch
+    from tasks.train.batching import build_batch, epoch_batches
+    from tasks.partition.partition import load_cluster_graph
+    from tasks.train.loop import resolve_clusters_per_batch
 
     cfg = _config(p)
     nd = _refs(p)["node_data"]
@@ -151,7 +151,7 @@ def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
     batches = epoch_batches(graph.num_parts, q, np.random.default_rng(0))
     nodes = edges = 0
     if p.get("workers"):  # the worker processes a GPU run uses (train.loader_workers)
-        from tasks.train import WorkerLoader
+        from tasks.train.loop import WorkerLoader
 
         loader = WorkerLoader(nd, cfg.train.model, int(p["workers"]), cfg.train.prefetch)
         try:
@@ -179,7 +179,7 @@ def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
 def side_train(p: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from tasks.train import train_cluster_gcn
+    from tasks.train.loop import train_cluster_gcn
 
     epochs: list[dict[str, float]] = []
 
@@ -197,8 +197,8 @@ def side_train(p: dict[str, Any]) -> dict[str, Any]:
 def side_evaluate(p: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from tasks.evaluate import evaluate_model
-    from tasks.train import TrainResult
+    from tasks.evaluate.evaluate import evaluate_model
+    from tasks.train.loop import TrainResult
 
     r = _refs(p)
     t0 = time.perf_counter()
@@ -208,10 +208,10 @@ def side_evaluate(p: dict[str, Any]) -> dict[str, Any]:
 
 def side_track(p: dict[str, Any]) -> dict[str, Any]:
     from flows.stages import lineage_tags, read_history
-    from tasks import track
-    from tasks.evaluate import EvaluationRef
-    from tasks.normalize import load_stats
-    from tasks.train import TrainResult
+    from tasks.track import tracking as track
+    from tasks.evaluate.evaluate import EvaluationRef
+    from tasks.normalize.features import load_stats
+    from tasks.train.loop import TrainResult
 
     cfg = _config(p)
     r = _refs(p)

@@ -8,7 +8,7 @@ with the best epoch and the epochs run.
 
 Graphs (``--graphs``): every labeled dataset in ``../shared/data`` (cora and citeseer with their
 public split; amazon_computers and coauthor_cs with graphpipe's per-class 20/30 split) and three
-generated DC-SBM graphs (``tasks/generate.py``; 8,000 nodes, 8 classes, 64 Gaussian features,
+generated DC-SBM graphs (``tasks/synthetic/generate.py``; 8,000 nodes, 8 classes, 64 Gaussian features,
 average degree 10, the per-class 20/30 split forced):
 
 - ``gen_homophilous``: ``p_intra=0.6`` (about 65% same-class edges), ``feature_signal=1.75``;
@@ -110,7 +110,7 @@ def graph_inputs(graph: str, workdir: Path) -> dict:
         if (d / "features.npz").exists():
             data["features"] = str(d / "features.npz")
         return {"data": data, "split": {"seed": 0}}
-    from tasks.generate import GeneratorConfig, generate_graph
+    from tasks.synthetic.generate import GeneratorConfig, generate_graph
 
     out = workdir / "generated" / graph
     cfg = GeneratorConfig(**GEN_COMMON, **GENERATED[graph])
@@ -124,9 +124,9 @@ def graph_inputs(graph: str, workdir: Path) -> dict:
 def run_cell(graph: str, candidate: str, seed: int, epochs: int | None, workdir: Path) -> dict:
     """One pipeline run (stages in this process); returns test/val accuracy and timings."""
     from tasks.config import load_config
-    from tasks.evaluate import evaluate_model
+    from tasks.evaluate.evaluate import evaluate_model
     from tasks.prepare import prepare_graph
-    from tasks.train import train_cluster_gcn
+    from tasks.train.loop import train_cluster_gcn
 
     base = {"store": str(workdir / "store" / graph), **graph_inputs(graph, workdir)}
     overrides = {**BUDGET, **resolve_auto_v1(CANDIDATES[candidate], graph), "train.seed": seed,

@@ -8,7 +8,7 @@ self-loops and duplicates occur as in real dumps), written once with numpy/pyarr
 Sides, each in its own process, timed and their peak RSS read at the end:
 
 - ``floor``: ``pyarrow.csv.read_csv(path)`` + ``pyarrow.parquet.write_table(table, out)``, nothing else;
-- ``graphpipe``: ``tasks.ingest.ingest_graph`` on the same file (no node table) into a fresh store:
+- ``graphpipe``: ``tasks.ingest.snapshot.ingest_graph`` on the same file (no node table) into a fresh store:
   fingerprint the file, read, map ids, deduplicate, validate, write the snapshot.
 
 Target (issue): graphpipe <= 1.5x the floor's time.
@@ -92,7 +92,7 @@ def side_floor(p: dict) -> dict:
 
 def side_graphpipe(p: dict) -> dict:
     from tasks.config import PipelineConfig
-    from tasks.ingest import ingest_counts, ingest_graph
+    from tasks.ingest.snapshot import ingest_counts, ingest_graph
 
     if p.get("proposed"):  # benchmark-only prototypes of the proposed fixes (benchmarks/_proposed_ingest.py)
         from _proposed_ingest import install_ingest_proposals

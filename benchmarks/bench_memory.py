@@ -1,13 +1,13 @@
 """Peak RSS of graphpipe's training stage as the graph grows (same batch size, same cluster size).
 
-Input: generated community graphs (``tasks.generate``, avg degree 16, 64 features) of each size in
+Input: generated community graphs (``tasks.synthetic.generate``, avg degree 16, 64 features) of each size in
 ``--sizes`` (default 1M and 4M nodes), each generated, ingested, normalized, METIS-partitioned
 into ``N / --cluster-size`` parts (default cluster size 1500, so METIS on 4M nodes stays a few
 minutes) and laid out once in the work directory.
 
 Sides, each in its own process:
 
-- ``train``: ``tasks.train.train_cluster_gcn`` for ``--epochs`` (default 2) with ``eval_every``
+- ``train``: ``tasks.train.loop.train_cluster_gcn`` for ``--epochs`` (default 2) with ``eval_every``
   large, fixed ``clusters_per_batch`` (default 8), into a fresh store. The final evaluation
   (``infer_full_graph``) always runs on the last epoch; the peak is reported both before it (after
   epoch 1: training only) and overall (with the final evaluation);
@@ -53,7 +53,7 @@ def side_floor(p: dict) -> dict:
     import torch  # noqa: F401
 
     from storage.arrays import ClusterGraph
-    from tasks.train import train_cluster_gcn  # noqa: F401  (same imports as the train side)
+    from tasks.train.loop import train_cluster_gcn  # noqa: F401  (same imports as the train side)
 
     nd = p["refs"]["node_data"]
     graph = ClusterGraph.open(nd["partition"]["path"], nd["path"])
@@ -64,7 +64,7 @@ def side_train(p: dict) -> dict:
     import torch
 
     from tasks.config import PipelineConfig
-    from tasks.train import train_cluster_gcn
+    from tasks.train.loop import train_cluster_gcn
 
     if p.get("threads"):
         torch.set_num_threads(int(p["threads"]))
@@ -102,8 +102,8 @@ def side_eval(p: dict) -> dict:
     import torch
 
     from storage.arrays import ClusterGraph
-    from tasks.evaluate import infer_full_graph, predict_full_graph
-    from tasks.model import GNN, ModelSpec
+    from tasks.evaluate.evaluate import infer_full_graph, predict_full_graph
+    from tasks.train.model import GNN, ModelSpec
 
     nd = p["refs"]["node_data"]
     graph = ClusterGraph.open(nd["partition"]["path"], nd["path"])

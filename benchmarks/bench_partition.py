@@ -1,15 +1,15 @@
 """The partition stage vs a bare ``pymetis.part_graph`` call on the same graph.
 
-Input: a generated community graph (``tasks.generate``: ``--nodes`` default 1M, ``--avg-degree``
+Input: a generated community graph (``tasks.synthetic.generate``: ``--nodes`` default 1M, ``--avg-degree``
 default 16, 64 features), ingested once into the work directory's store; its symmetric CSR (int64,
-METIS' own index type, built with ``tasks.partition.build_csr``) saved once as ``.npy``.
+METIS' own index type, built with ``tasks.partition.partition.build_csr``) saved once as ``.npy``.
 
 Sides, each in its own process:
 
 - ``bare``: load the CSR ``.npy`` files, then ``pymetis.part_graph(k, adjacency=CSRAdjacency(indptr,
   indices), recursive=False, options=Options(seed=0))``; time = the call only; peak RSS = the whole
   process (it only loads the CSR and calls METIS);
-- ``graphpipe``: the whole ``tasks.partition.partition_graph`` stage into a fresh store: read
+- ``graphpipe``: the whole ``tasks.partition.partition.partition_graph`` stage into a fresh store: read
   ``edges.parquet``, build the CSR, METIS, cluster order, permuted CSR, statistics, writing.
   graphpipe runs METIS in a child process, so its peak RSS is the peak of the process tree's summed
   RSS, sampled every 20 ms (``peak_tree_mb``), not one process's ``ru_maxrss``; the bare side's
@@ -51,7 +51,7 @@ def side_prepare(p: dict) -> dict:
         import pymetis
 
         from storage.snapshot import read_edges
-        from tasks.partition import build_csr
+        from tasks.partition.partition import build_csr
 
         src, dst = read_edges(refs["snapshot"]["path"])
         indptr, indices = build_csr(src, dst, p["nodes"], index_dtype=pymetis.zero_copy_dtype())
@@ -80,7 +80,7 @@ def side_bare(p: dict) -> dict:
 def side_graphpipe(p: dict) -> dict:
     from storage.store import SnapshotRef, read_manifest
     from tasks.config import PipelineConfig
-    from tasks.partition import partition_graph
+    from tasks.partition.partition import partition_graph
 
     store = Path(tempfile.mkdtemp(dir=p["scratch"]))
     try:

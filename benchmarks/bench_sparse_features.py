@@ -9,7 +9,7 @@ real stages, twice, each side in its own process and its own store, with the sam
   6,805 float32, 499 MB), batches carry dense rows, the first layer is a dense ``x @ W^T`` (what
   graphpipe did before);
 - ``sparse``: the default: CSR node data, batches carry CSR rows, the first layer is
-  ``torch.sparse.mm`` (see ``tasks/model.py``).
+  ``torch.sparse.mm`` (see ``tasks/train/model.py``).
 
 Both: the same normalization (``--normalize``, default: the config's default), the default model
 and training settings, ``--epochs`` epochs (default 30, no early stopping so both run the same
@@ -42,10 +42,10 @@ def side_run(p: dict) -> dict:
     import torch
 
     from tasks.config import load_config
-    from tasks.evaluate import evaluate_model
-    from tasks.model import MODEL_FILE, load_checkpoint
+    from tasks.evaluate.evaluate import evaluate_model
+    from tasks.train.model import MODEL_FILE, load_checkpoint
     from tasks.prepare import prepare_graph
-    from tasks.train import train_cluster_gcn
+    from tasks.train.loop import train_cluster_gcn
 
     if p["threads"]:
         torch.set_num_threads(p["threads"])

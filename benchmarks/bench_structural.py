@@ -2,7 +2,7 @@
 
 Each dataset's features are dropped: the node table is rewritten into a temporary directory with
 only ``node_id``, ``label`` and ``split`` (Cora and CiteSeer from ``../shared/data``, keeping their
-Planetoid split; ``generated``: a graph from ``tasks.generate`` with 20,000 nodes, 10 classes and the
+Planetoid split; ``generated``: a graph from ``tasks.synthetic.generate`` with 20,000 nodes, 10 classes and the
 generator's other defaults, its per-class 20/30 split made by ingest). Then the pipeline's real
 stages run without Prefect or MLflow (ingest -> normalize -> partition -> layout -> train ->
 evaluate) with the project's default config except ``normalize.structural`` /
@@ -39,7 +39,7 @@ def featureless_input(name: str, workdir: Path) -> tuple[Path, Path]:
     import pyarrow.parquet as pq
 
     if name == "generated":
-        from tasks.generate import GeneratorConfig, generate_graph
+        from tasks.synthetic.generate import GeneratorConfig, generate_graph
 
         g = generate_graph(GeneratorConfig(num_nodes=20_000, num_features=1, edge_format="parquet", seed=0),
                            workdir / "generated-input")
@@ -55,11 +55,11 @@ def featureless_input(name: str, workdir: Path) -> tuple[Path, Path]:
 
 def run_one(name: str, edges: Path, nodes: Path, store: Path, encoding: str, seed: int, epochs: int | None) -> dict:
     from tasks.config import PipelineConfig
-    from tasks.evaluate import evaluate_model
-    from tasks.ingest import ingest_graph
-    from tasks.normalize import load_stats, normalize_features
-    from tasks.partition import layout_node_data, partition_graph
-    from tasks.train import train_cluster_gcn
+    from tasks.evaluate.evaluate import evaluate_model
+    from tasks.ingest.snapshot import ingest_graph
+    from tasks.normalize.features import load_stats, normalize_features
+    from tasks.partition.partition import layout_node_data, partition_graph
+    from tasks.train.loop import train_cluster_gcn
 
     method, _, k = encoding.partition(":")
     normalize = {"structural": method} | ({"structural_dim": int(k)} if k else {})
@@ -83,9 +83,9 @@ def run_one(name: str, edges: Path, nodes: Path, store: Path, encoding: str, see
 
 def scale(num_nodes: int, workdir: Path) -> None:
     from tasks.config import PipelineConfig
-    from tasks.generate import GeneratorConfig, generate_graph
-    from tasks.ingest import ingest_graph
-    from tasks.normalize import load_stats, normalize_features
+    from tasks.synthetic.generate import GeneratorConfig, generate_graph
+    from tasks.ingest.snapshot import ingest_graph
+    from tasks.normalize.features import load_stats, normalize_features
 
     g = generate_graph(GeneratorConfig(num_nodes=num_nodes, num_features=1, edge_format="parquet", seed=0),
                        workdir / "input")

@@ -1,6 +1,6 @@
 """The headline: one Cluster-GCN training epoch, graphpipe vs PyG's ClusterData + ClusterLoader.
 
-Input: a generated community graph (``tasks.generate``; default 200K nodes, avg degree 20, 128
+Input: a generated community graph (``tasks.synthetic.generate``; default 200K nodes, avg degree 20, 128
 features, 10 classes, 60/20/20 split), ingested, normalized, METIS-partitioned into ``--parts``
 (default 128) by graphpipe and laid out, once, in the work directory.
 
@@ -14,16 +14,16 @@ weight_decay 5e-4, loss on the batch's training nodes), ``torch.manual_seed(0)``
   ``ClusterLoader(batch_size=8, shuffle=True)``; ``GCNConv`` with its default ``normalize=True``
   on ``edge_index``; the epoch = loader + forward + backward + step;
 - ``graphpipe``: ``storage.arrays.ClusterGraph`` (memory-mapped node data of
-  ``tasks.partition.layout_node_data``), batches from ``tasks.batching.epoch_batches`` /
-  ``build_batch`` through ``tasks.train.Prefetcher`` (background thread, depth 2), ``tasks.model.GNN``,
-  one epoch = ``tasks.train.train_epoch``;
+  ``tasks.partition.partition.layout_node_data``), batches from ``tasks.train.batching.epoch_batches`` /
+  ``build_batch`` through ``tasks.train.loop.Prefetcher`` (background thread, depth 2), ``tasks.train.model.GNN``,
+  one epoch = ``tasks.train.loop.train_epoch``;
 
 Each side is its own process (its own peak RSS). The machine is shared and noisy, so the sides run
 **interleaved epoch by epoch** (A B, B A, ...): each pair of epochs sees about the same load. Per
 side: set up, 1 warm-up epoch, ``--epochs`` timed epochs (median and min wall time, and CPU
 time, reported), then a breakdown (loader alone; compute alone on pre-built batches), then accuracy
 on the full graph after the same number of epochs (PyG: one full-batch forward; graphpipe:
-``tasks.evaluate.infer_full_graph``). Peak RSS is read before evaluation (training) and at the end.
+``tasks.evaluate.evaluate.infer_full_graph``). Peak RSS is read before evaluation (training) and at the end.
 
 Target (issue): graphpipe >= 2x faster per epoch.
 
@@ -182,10 +182,10 @@ class GraphpipeSide:
         import torch
 
         from storage.arrays import ClusterGraph
-        from tasks.batching import build_batch, epoch_batches
-        from tasks.evaluate import infer_full_graph, split_metrics
-        from tasks.model import GNN, ModelSpec
-        from tasks.train import Prefetcher, train_epoch
+        from tasks.train.batching import build_batch, epoch_batches
+        from tasks.evaluate.evaluate import infer_full_graph, split_metrics
+        from tasks.train.model import GNN, ModelSpec
+        from tasks.train.loop import Prefetcher, train_epoch
 
         _setup_torch(p)
         self.p, self.np, self.torch = p, np, torch

@@ -52,7 +52,7 @@ class Ctx:
         self.prefect_home = root / "prefect-home"
         self.graph = root / "graph"
         if not (self.graph / "nodes.parquet").exists():
-            from tasks.generate import GeneratorConfig, generate_graph
+            from tasks.synthetic.generate import GeneratorConfig, generate_graph
 
             generate_graph(GeneratorConfig(num_nodes=self.nodes, num_features=16, num_classes=4, seed=11), self.graph)
 
@@ -201,9 +201,9 @@ def reference_fingerprints(ctx: Ctx) -> dict[str, str]:
     depend on how the stages are started)."""
     store = ctx.root / "reference-store"
     if not (gdir(store) / "CURRENT.json").exists():
-        from tasks.ingest import ingest_graph
-        from tasks.normalize import normalize_features
-        from tasks.partition import layout_node_data, partition_graph
+        from tasks.ingest.snapshot import ingest_graph
+        from tasks.normalize.features import normalize_features
+        from tasks.partition.partition import layout_node_data, partition_graph
 
         cfg = ctx.config(store)
         snap = ingest_graph(cfg)
@@ -215,7 +215,7 @@ def reference_fingerprints(ctx: Ctx) -> dict[str, str]:
 
 # -- item 1 (+ 8): SIGKILL of the whole process group during each stage --------------------------
 def _metis_running(run: Run) -> bool:
-    return any("tasks.metis_process" in " ".join(_cmd(p)) for p in run.descendants())
+    return any("tasks.partition.metis" in " ".join(_cmd(p)) for p in run.descendants())
 
 
 def _cmd(p: psutil.Process) -> list[str]:
@@ -386,7 +386,7 @@ def scenario_disk_full(workdir: Path, smoke: bool, ctx: Ctx) -> Row:
                     f"not run: cannot mount a tmpfs here ({mnt.stderr.strip()}); needs root")
     try:
         store = disk / "store"
-        from tasks.ingest import ingest_graph
+        from tasks.ingest.snapshot import ingest_graph
 
         snap = ingest_graph(ctx.config(store))  # the previous good output
         before = (gdir(store) / "CURRENT.json").read_bytes()
@@ -433,9 +433,9 @@ def scenario_concurrent(workdir: Path, smoke: bool, ctx: Ctx) -> Row:
 # -- item 7: corruption after publishing --------------------------------------------------------
 def scenario_corruption(workdir: Path, smoke: bool, ctx: Ctx) -> Row:
     store = workdir / "store"
-    from tasks.ingest import ingest_graph
-    from tasks.normalize import normalize_features
-    from tasks.partition import layout_node_data, partition_graph
+    from tasks.ingest.snapshot import ingest_graph
+    from tasks.normalize.features import normalize_features
+    from tasks.partition.partition import layout_node_data, partition_graph
 
     cfg = ctx.config(store)
     snap = ingest_graph(cfg)

@@ -39,7 +39,7 @@ from flows import quiet_errors  # noqa: E402
 from flows.startup import StartupError  # noqa: E402
 from tasks.config import load_config, redact_uri  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
-from tasks.services import check_tracking_server  # noqa: E402
+from tasks.track.services import check_tracking_server  # noqa: E402
 
 
 def _add_common(p: argparse.ArgumentParser, *, inputs: bool) -> None:
@@ -118,7 +118,7 @@ def _start_prefect(args: argparse.Namespace):
 
 def _checked_inputs(args: argparse.Namespace, command: str):
     """The config, with the input files checked (formats, columns) before Prefect starts."""
-    from tasks.ingest import check_inputs
+    from tasks.ingest.snapshot import check_inputs
 
     cfg = build_config(args)
     if not cfg.data.edges:
@@ -214,7 +214,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tasks.generate import config_from_args, generate_graph
+    from tasks.synthetic.generate import config_from_args, generate_graph
 
     out = generate_graph(config_from_args(args), args.out, progress=args.progress)
     print(out)
@@ -223,7 +223,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a community graph and run every stage on it with the default config."""
-    from tasks.generate import GeneratorConfig, generate_graph
+    from tasks.synthetic.generate import GeneratorConfig, generate_graph
 
     server = _start_prefect(args)
     from flows.pipeline import graph_pipeline
@@ -290,7 +290,7 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("--trials", type=int, help="trials in the study in all (default: tune.trials, 20); a rerun resumes")
     tp.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long")
     tp.set_defaults(fn=cmd_tune)
-    from tasks.generate import add_generate_arguments
+    from tasks.synthetic.generate import add_generate_arguments
 
     gp = sub.add_parser("generate", help="write a synthetic community graph as edge list + node table")
     add_generate_arguments(gp)

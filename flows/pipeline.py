@@ -21,9 +21,9 @@ from flows import quiet_errors, stages
 from flows.startup import apply_startup_limit
 from storage.store import NodeDataRef, PartitionRef, Store
 from tasks.config import PipelineConfig, load_config, redact_uri
-from tasks.tuned import apply_tuned, tuned_config_path
+from tasks.tune.tuned import apply_tuned, tuned_config_path
 
-# torch, PyG and MLflow (tasks.track, tasks.train...) are imported by the stages that use them, so
+# torch, PyG and MLflow (tasks.track.tracking, tasks.train.loop...) are imported by the stages that use them, so
 # `graphpipe ingest` never loads them. Flow calls from Python wait for the embedded Prefect server
 # as long as the command line does (flows/startup.py).
 apply_startup_limit()
@@ -50,7 +50,7 @@ def _graph_lock(cfg: PipelineConfig):
 def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dict[str, Any]:
     """normalize -> partition -> train -> evaluate -> MLflow, given a snapshot."""
     from flows import quality
-    from tasks.track import end_run, ui_command
+    from tasks.track.tracking import end_run, ui_command
 
     features = stages.normalize(snapshot, cfg)
     partition = stages.partition(snapshot, cfg)
@@ -160,7 +160,7 @@ def train_stage(
 ) -> dict[str, Any]:
     """Training alone, for a GPU work pool: reads the partitioned graph from the shared store,
     logs epochs to the MLflow run ``run``, writes checkpoints and its result back to the store."""
-    from tasks.track import RunRef
+    from tasks.track.tracking import RunRef
 
     stages.forward_library_logs()
     ref = NodeDataRef(**{**node_data, "partition": PartitionRef(**node_data["partition"])})

@@ -16,12 +16,12 @@ from prefect import get_run_logger, task
 from flows.stages import _retrying, read_history
 from storage.arrays import ClusterGraph
 from storage.store import FeaturesRef, NodeDataRef
-from tasks import track as track_mod
-from tasks.baseline import BaselineResult, train_baseline
+from tasks.track import tracking as track_mod
+from tasks.evaluate.baseline import BaselineResult, train_baseline
 from tasks.config import PipelineConfig
-from tasks.evaluate import EvaluationRef
-from tasks.health import Health, chance_level, check_run_health
-from tasks.train import TrainResult
+from tasks.evaluate.evaluate import EvaluationRef
+from tasks.evaluate.health import Health, chance_level, check_run_health
+from tasks.train.loop import TrainResult
 
 
 @task(name="features-baseline", **_retrying)
@@ -53,7 +53,7 @@ def check_health(
     evaluation: EvaluationRef,
     base: BaselineResult | None,
 ) -> Health:
-    """The failing-run check (:func:`tasks.health.check_run_health`): a WARNING in the log with
+    """The failing-run check (:func:`tasks.evaluate.health.check_run_health`): a WARNING in the log with
     what to try, and the MLflow tags ``graphpipe.health``, ``graphpipe.health_reason``."""
     graph = ClusterGraph.open(node_data.partition.path, node_data.path)
     chance = chance_level(np.asarray(graph.y), np.asarray(graph.split), trained.num_classes)

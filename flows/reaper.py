@@ -3,7 +3,7 @@
 When the out-of-memory killer (or ``kill -9 PID``) ends the command's main process, its children
 are not told: Prefect's embedded API server (a ``uvicorn`` subprocess that Prefect starts, and stops
 only from an ``atexit`` hook) and anything else would keep running. The METIS child asks the kernel
-itself to die with its parent (``PR_SET_PDEATHSIG``, :mod:`tasks.metis_process`); for the rest,
+itself to die with its parent (``PR_SET_PDEATHSIG``, :mod:`tasks.partition.metis`); for the rest,
 :func:`reap_children_on_exit` starts a tiny watchdog process when the command starts:
 
 - the command puts a random token in its environment (``GRAPHPIPE_RUN_TOKEN``), which every process

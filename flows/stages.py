@@ -24,16 +24,16 @@ from prefect.states import Completed, State
 
 from storage.atomic import read_json, write_json
 from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store, read_manifest
-from tasks import ingest as ingest_mod
-from tasks import normalize as normalize_mod
-from tasks import partition as partition_mod
+from tasks.ingest import snapshot as ingest_mod
+from tasks.normalize import features as normalize_mod
+from tasks.partition import partition as partition_mod
 from tasks.config import PipelineConfig
 from tasks.errors import InputError
 
 if TYPE_CHECKING:  # torch, PyG, MLflow: imported by the tasks that need them (`graphpipe ingest` never does)
-    from tasks import track as track_mod
-    from tasks.evaluate import EvaluationRef
-    from tasks.train import TrainResult
+    from tasks.track import tracking as track_mod
+    from tasks.evaluate.evaluate import EvaluationRef
+    from tasks.train.loop import TrainResult
 
 LIBRARY_LOGGERS = ("tasks", "storage")
 
@@ -133,7 +133,7 @@ def layout(partition: PartitionRef, snapshot: SnapshotRef, features: FeaturesRef
 @task(name="start-tracking", **_retrying)
 def start_tracking(config: PipelineConfig, lineage: dict[str, str]) -> track_mod.RunRef:
     """Open the MLflow run: config as params, lineage and the Prefect flow run as tags."""
-    from tasks import track as track_mod
+    from tasks.track import tracking as track_mod
 
     tags = {**lineage, "prefect.flow_run_id": str(flow_run.get_id() or ""), "prefect.flow_run_name": str(flow_run.get_name() or "")}
     return track_mod.start_run(config, tags, run_name=flow_run.get_name())
@@ -142,7 +142,7 @@ def start_tracking(config: PipelineConfig, lineage: dict[str, str]) -> track_mod
 @task(name="champion-weights", **_retrying)
 def champion_weights(config: PipelineConfig) -> str | None:
     """The registered champion's weights for a warm start (``train.warm_start``), if any."""
-    from tasks import track as track_mod
+    from tasks.track import tracking as track_mod
 
     found = track_mod.champion_weights(config)
     if found is None:
@@ -157,7 +157,7 @@ METRICS_FLUSH_SECONDS = 300  # how long training waits, once done, for buffered 
 def check_tracking(config: PipelineConfig) -> None:
     """A clear one-line error, before any heavy work, when the MLflow tracking server is down
     (a few tries over about 10 s first: a server being restarted is waited for)."""
-    from tasks import track as track_mod
+    from tasks.track import tracking as track_mod
 
     track_mod.check_reachable(track_mod.tracking_uri(config))
 
@@ -165,8 +165,8 @@ def check_tracking(config: PipelineConfig) -> None:
 @task(name="train", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
 def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef, init_from: str | None = None) -> TrainResult:
     """Cluster-GCN training, per-epoch metrics to MLflow; a retry resumes from the checkpoint."""
-    from tasks import track as track_mod
-    from tasks.train import train_cluster_gcn
+    from tasks.track import tracking as track_mod
+    from tasks.train.loop import train_cluster_gcn
 
     logger = get_run_logger()
     sender = track_mod.MetricSender(run)  # training goes on while the tracking server is away
@@ -204,7 +204,7 @@ def train_on_deployment(
     The two sides share only the store and the Prefect API: the training run reads the
     partitioned graph from the store and writes its result file beside its checkpoints.
     """
-    from tasks.train import TrainResult, checkpoint_key
+    from tasks.train.loop import TrainResult, checkpoint_key
 
     logger = get_run_logger()
     logger.info("training on deployment %s", deployment)
@@ -264,7 +264,7 @@ def wait_for_flow_run(flow_run_id: Any, poll: float = CHILD_POLL_SECONDS, outage
 @task(name="evaluate", **_retrying)
 def evaluate(trained: TrainResult, node_data: NodeDataRef, snapshot: SnapshotRef, config: PipelineConfig) -> EvaluationRef:
     """Full-graph layer-wise inference with the best-validation weights; accuracy and macro-F1."""
-    from tasks.evaluate import evaluate_model
+    from tasks.evaluate.evaluate import evaluate_model
 
     return evaluate_model(trained, node_data, snapshot, config)
 
@@ -282,7 +282,7 @@ def log_run(
 ) -> track_mod.TrackResult:
     """Final metrics, plots, statistics, the model, its registered version and the champion alias;
     ``notes``: more markdown for the run's artifact (the baseline and the health check)."""
-    from tasks import track as track_mod
+    from tasks.track import tracking as track_mod
 
     history = read_history(trained)
     tracked = track_mod.log_results(
@@ -305,7 +305,7 @@ def log_run(
 
 
 def read_history(trained: TrainResult) -> list[dict[str, Any]]:
-    from tasks.model import MODEL_FILE, load_checkpoint
+    from tasks.train.model import MODEL_FILE, load_checkpoint
 
     return load_checkpoint(f"{trained.checkpoint_dir}/{MODEL_FILE}")["history"]
 

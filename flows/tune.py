@@ -7,7 +7,7 @@
     print(out["best"]["val_acc"], out["tuned_config"])
 
 With input files in the config (``data.edges``) the graph is ingested first (a cache hit when
-unchanged), else the graph's current snapshot is used. See :mod:`tasks.tune` for the space, the
+unchanged), else the graph's current snapshot is used. See :mod:`tasks.tune.study` for the space, the
 pruning, the MLflow child runs and where the study and the best config are kept.
 """
 
@@ -22,8 +22,8 @@ from prefect.runtime import flow_run
 from flows import stages
 from flows.pipeline import _graph_lock, resolve
 from tasks.config import PipelineConfig
-from tasks.track import run_link
-from tasks.tune import TuneResult, tune_graph
+from tasks.track.tracking import run_link
+from tasks.tune.study import TuneResult, tune_graph
 
 
 @flow(name="graph-tune", log_prints=True)

@@ -15,7 +15,7 @@ Sparse features (bag-of-words, density below ``normalize.sparse_below``) are kep
 ``x.npy``: ``x_indptr.npy`` (int64, N+1), ``x_indices.npy`` (int32), ``x_data.npy`` (float32), and
 ``x_shape.npy`` (int64, ``[N, d]``); with ``standard`` normalization also ``x_shift.npy`` (float32,
 d): the normalized features are then ``x - x_shift`` (``x`` holds ``raw / std``, ``x_shift`` is
-``mean / std``), which the model's first layer folds into a constant row (see :mod:`tasks.model`).
+``mean / std``), which the model's first layer folds into a constant row (see :mod:`tasks.train.model`).
 
 Memory: the arrays are memory-mapped, so a process reads only the pages it touches; but touched
 pages stay mapped, and the kernel counts them in the process's RSS until it unmaps them. Training

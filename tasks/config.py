@@ -140,7 +140,7 @@ class NormalizeConfig(_Section):
     # features with fewer non-zeros than this fraction are kept sparse (CSR) through the first
     # layer; 0 keeps every feature matrix dense
     sparse_below: float = Field(default=0.1, ge=0, le=1)
-    # input features of a graph without node features (tasks/structural.py): "auto" = "spectral"
+    # input features of a graph without node features (tasks/normalize/structural.py): "auto" = "spectral"
     # for such a graph (nothing for one with features); "degree"; "none" = one constant feature
     structural: Literal["auto", "spectral", "degree", "none"] = "auto"
     structural_dim: int = Field(default=32, ge=1)  # eigenvectors in the "spectral" encoding

@@ -41,9 +41,9 @@ def prepare_graph(config: PipelineConfig, snapshot: SnapshotRef | None = None) -
     Raises:
         tasks.errors.InputError: a user's mistake in the inputs or the config (one line).
     """
-    from tasks.ingest import ingest_graph
-    from tasks.normalize import normalize_features
-    from tasks.partition import layout_node_data, partition_graph
+    from tasks.ingest.snapshot import ingest_graph
+    from tasks.normalize.features import normalize_features
+    from tasks.partition.partition import layout_node_data, partition_graph
 
     snap = snapshot if snapshot is not None else ingest_graph(config)
     features = normalize_features(snap, config)

@@ -38,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         return value
 
     with Store(cfg.store).lock(cfg.data.name, cfg.lock_timeout_seconds):
-        from tasks.ingest import ingest_graph  # the later stages' modules (torch) only when needed
+        from tasks.ingest.snapshot import ingest_graph  # the later stages' modules (torch) only when needed
 
         snap = step("ingest", lambda: ingest_graph(cfg))
         out["snapshot"] = snap.fingerprint
         if args.until != "ingest":
-            from tasks.normalize import normalize_features
-            from tasks.partition import layout_node_data, partition_graph
+            from tasks.normalize.features import normalize_features
+            from tasks.partition.partition import layout_node_data, partition_graph
 
             feats = step("normalize", lambda: normalize_features(snap, cfg))
             out["features"] = feats.fingerprint
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             nd = step("layout", lambda: layout_node_data(part, snap, feats, cfg))
             out["node_data"] = nd.fingerprint
         if args.until in ("train", "evaluate"):
-            from tasks.train import train_cluster_gcn
+            from tasks.train.loop import train_cluster_gcn
 
             trained = step("train", lambda: train_cluster_gcn(nd, cfg))
             out["resumed_from_epoch"] = trained.resumed_from_epoch
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             out["best_val_acc"] = trained.best_val_acc
             out["checkpoint_dir"] = trained.checkpoint_dir
         if args.until == "evaluate":
-            from tasks.evaluate import evaluate_model
+            from tasks.evaluate.evaluate import evaluate_model
 
             ev = step("evaluate", lambda: evaluate_model(trained, nd, snap, cfg))
             out["test_acc"] = ev.metrics["test_acc"]

@@ -56,7 +56,7 @@ def prepared_generated(root, overrides: list[str], **generator):
     """A generated community graph under ``root`` taken through the data stages (no Prefect):
     returns the config (``overrides`` applied, store under ``root``) and the prepared graph."""
     from tasks.config import load_config
-    from tasks.generate import GeneratorConfig, generate_graph
+    from tasks.synthetic.generate import GeneratorConfig, generate_graph
     from tasks.prepare import prepare_graph
 
     gen = generate_graph(GeneratorConfig(**generator), root / "input")

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import InputError
-from tasks.ingest import ingest_graph
+from tasks.ingest.snapshot import ingest_graph
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -401,7 +401,7 @@ def test_unreadable_file_is_one_line(tmp_path):
             drop = f"os.setgid({nobody.pw_gid})\nos.setuid({nobody.pw_uid})\n"
         script = (
             "import os, sys\nfrom tasks.config import PipelineConfig\nfrom tasks.errors import InputError\n"
-            "from tasks.ingest import ingest_graph\n"
+            "from tasks.ingest.snapshot import ingest_graph\n"
             "def cfg(path, store):\n"
             "    return PipelineConfig.model_validate({'store': store, 'data': {'edges': [path]}})\n"
             f"ingest_graph(cfg({str(good)!r}, {str(tmp_path / 'warm')!r}))\n"  # imports every module first
@@ -469,7 +469,7 @@ CLI_CASES = {
 }
 
 
-# found by reading first lines and schemas (tasks.ingest.check_inputs), before Prefect starts
+# found by reading first lines and schemas (tasks.ingest.snapshot.check_inputs), before Prefect starts
 CHECKED_BEFORE_PREFECT = {"binary file named .csv", "missing edge file"}
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.batching import (
+from tasks.train.batching import (
     add_self_loops_csr,
     batch_subgraph,
     block_bounds,

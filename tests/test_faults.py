@@ -33,7 +33,7 @@ EPOCHS = 10
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory) -> Path:
     """A 20,000-node community graph (edge list + node table)."""
-    from tasks.generate import GeneratorConfig, generate_graph
+    from tasks.synthetic.generate import GeneratorConfig, generate_graph
 
     out = tmp_path_factory.mktemp("graph")
     generate_graph(GeneratorConfig(num_nodes=20_000, num_features=16, num_classes=4, seed=7), out)
@@ -92,7 +92,7 @@ def wait_for(cond, what: str, timeout: float = 600.0, proc: subprocess.Popen | N
 def metis_child(pid: int) -> psutil.Process | None:
     try:
         for c in psutil.Process(pid).children(recursive=True):
-            if "tasks.metis_process" in " ".join(c.cmdline()):
+            if "tasks.partition.metis" in " ".join(c.cmdline()):
                 return c
     except psutil.Error:
         return None
@@ -163,13 +163,13 @@ def test_sigkill_of_the_main_process_alone_ends_the_metis_child(tmp_path):
     rng = np.random.default_rng(0)
     src = rng.integers(0, n, n * deg // 2)
     dst = rng.integers(0, n, n * deg // 2)
-    from tasks.partition import build_csr
+    from tasks.partition.partition import build_csr
 
     indptr, indices = build_csr(src, dst, n, index_dtype=np.int64)
     np.save(tmp_path / "indptr.npy", indptr)
     np.save(tmp_path / "indices.npy", indices)
     parent = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from tasks.partition import _run_metis; "
+        [sys.executable, "-c", "import sys; from pathlib import Path; from tasks.partition.partition import _run_metis; "
          f"_run_metis(Path(sys.argv[1]), {n}, {len(indices)}, 512, 0, 20)", str(tmp_path)],
         cwd=ROOT, start_new_session=True,
     )
@@ -343,7 +343,7 @@ def test_two_trainings_never_share_a_checkpoint_directory(graph, tmp_path):
     assert rc == 0, text
     from storage.store import NodeDataRef, PartitionRef
     from tasks.config import load_config
-    from tasks.train import checkpoint_key, train_cluster_gcn
+    from tasks.train.loop import checkpoint_key, train_cluster_gcn
 
     cfg = load_config(None, None, base=json.loads(cfg_path.read_text()))
     s = Store(store)

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tasks import generate as gen
+from tasks.synthetic import generate as gen
 from tasks.errors import InputError
-from tasks.generate import GeneratorConfig, add_generate_arguments, config_from_args, generate_graph
+from tasks.synthetic.generate import GeneratorConfig, add_generate_arguments, config_from_args, generate_graph
 
 FORMATS = ["csv", "csv.gz", "tsv", "txt", "parquet"]
 
@@ -214,7 +214,7 @@ def test_every_format_holds_the_same_edges_and_is_read_by_pyarrow(tmp_path):
 
 
 def test_every_format_is_read_by_the_ingest_reader(tmp_path):
-    from tasks.readers import edge_format, read_edge_file
+    from tasks.ingest.readers import edge_format, read_edge_file
 
     reference = None
     for fmt in FORMATS:
@@ -367,7 +367,7 @@ def test_cli_flags_map_onto_the_config():
 
 def test_progress_logs_chunks_only_when_asked(tmp_path, caplog):
     config = GeneratorConfig(num_nodes=500, num_features=2)
-    with caplog.at_level(logging.INFO, logger="tasks.generate"):
+    with caplog.at_level(logging.INFO, logger="tasks.synthetic.generate"):
         generate_graph(config, tmp_path / "quiet")
         assert not caplog.records
         generate_graph(config, tmp_path / "loud", progress=True)

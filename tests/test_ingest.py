@@ -1,4 +1,4 @@
-"""Tests of tasks.ingest: tiny hand-made inputs with exact expected snapshots, every InputError
+"""Tests of tasks.ingest.snapshot: tiny hand-made inputs with exact expected snapshots, every InputError
 (each naming the file and the row or column), atomic publishing, and the real datasets."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-import tasks.ingest as ingest_module
-import tasks.readers as readers
+import tasks.ingest.snapshot as ingest_module
+import tasks.ingest.readers as readers
 from storage.snapshot import SPLIT_NONE, SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, read_edges, read_features, read_node_ids, read_nodes
 from storage.store import Store, is_complete, read_manifest
 from tasks.config import PipelineConfig
 from tasks.errors import InputError
-from tasks.ingest import canonical_edges, ingest_counts, ingest_graph
+from tasks.ingest.snapshot import canonical_edges, ingest_counts, ingest_graph
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the project
 
@@ -399,7 +399,7 @@ def test_cache_hit_skips_work_and_sets_current(tmp_path, caplog, monkeypatch):
     other = ingest_graph(config(tmp_path, edges=[write(tmp_path / "f.csv", "1,2\n")]))
     assert Store(cfg.store).current_snapshot("g") == other
     monkeypatch.setattr(ingest_module, "build_graph", lambda *a, **k: pytest.fail("rebuilt on a cache hit"))
-    with caplog.at_level(logging.INFO, logger="tasks.ingest"):
+    with caplog.at_level(logging.INFO, logger="tasks.ingest.snapshot"):
         again = ingest_graph(cfg)
     assert again == first and "cache hit" in caplog.text
     assert Store(cfg.store).current_snapshot("g") == first

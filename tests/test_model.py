@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.batching import build_batch
-from tasks.evaluate import infer_full_graph, iter_full_graph, predict_full_graph
-from tasks.model import GNN, EdgeIndexPredictor, ModelSpec
+from tasks.train.batching import build_batch
+from tasks.evaluate.evaluate import infer_full_graph, iter_full_graph, predict_full_graph
+from tasks.train.model import GNN, EdgeIndexPredictor, ModelSpec
 from tests.helpers import cluster_graph
 
 
@@ -69,7 +69,7 @@ def test_disk_backed_inference_equals_in_memory(tmp_path, layers):
 def test_inference_reading_sources_in_small_windows_is_exact(tmp_path, monkeypatch, kind):
     """Sources read a few rows at a time (many windows per block, pages released after each)
     from memory-mapped files give the full-graph forward."""
-    import tasks.evaluate as evaluate_mod
+    import tasks.evaluate.evaluate as evaluate_mod
     from storage.arrays import ClusterGraph, write_arrays
 
     graph, _ = _random_graph(seed=11)
@@ -117,7 +117,7 @@ def test_symmetric_spmm_gives_the_same_gradients_as_pyg():
 
 
 def test_dropout_keeps_the_expected_value():
-    from tasks.model import dropout
+    from tasks.train.model import dropout
 
     torch.manual_seed(0)
     x = torch.ones(200_000)
@@ -183,7 +183,7 @@ def test_sparse_first_layer_equals_dense_training_inference_and_predictor(kind, 
 
 
 def test_sparse_dropout_drops_stored_entries_only():
-    from tasks.model import dropout
+    from tasks.train.model import dropout
 
     torch.manual_seed(0)
     dense = (torch.rand(200, 50) < 0.1).float() * 3.0

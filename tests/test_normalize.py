@@ -9,7 +9,7 @@ from storage.atomic import publish_dir
 from storage.snapshot import GraphTables, write_snapshot
 from storage.store import SnapshotRef, Store, make_manifest, write_manifest
 from tasks.config import load_config
-from tasks.normalize import apply_stats, fit_stats, load_stats, normalize_features, resolve_method
+from tasks.normalize.features import apply_stats, fit_stats, load_stats, normalize_features, resolve_method
 
 X = np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, 4.0], [5.0, -1.0, 1.0]], dtype=np.float32)
 SPLIT = np.array([1, 1, 2, 3], dtype=np.int8)  # train rows 0 and 1
@@ -87,7 +87,7 @@ def test_featureless_graph_gets_a_constant_feature_with_structural_none(tmp_path
 
 
 def test_standard_statistics_in_chunks_equal_numpy(monkeypatch):
-    import tasks.normalize as normalize_mod
+    import tasks.normalize.features as normalize_mod
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((1000, 7)) * [1, 10, 100, 0.1, 5, 1, 3] + 50).astype(np.float32)

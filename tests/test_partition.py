@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-import tasks.partition as partition_mod
+import tasks.partition.partition as partition_mod
 from storage.arrays import ClusterGraph, open_array, write_arrays
 from storage.atomic import publish_dir, read_json
 from storage.fingerprint import fingerprint_value
@@ -29,7 +29,7 @@ from storage.store import (
 )
 from tasks.config import PartitionConfig, PipelineConfig
 from tasks.errors import InputError
-from tasks.partition import (
+from tasks.partition.partition import (
     build_csr,
     layout_node_data,
     load_cluster_graph,
@@ -277,7 +277,7 @@ def test_cache_hit_returns_the_same_partition_without_recomputing(tmp_path, monk
         raise AssertionError("recomputed on a cache hit")
 
     monkeypatch.setattr(partition_mod, "build_csr", boom)
-    with caplog.at_level(logging.INFO, logger="tasks.partition"):
+    with caplog.at_level(logging.INFO, logger="tasks.partition.partition"):
         second = partition_graph(snap, config)
     assert second == first
     assert "cache hit" in caplog.text
@@ -304,7 +304,7 @@ def test_auto_num_parts_with_the_same_result_shares_the_cache(tmp_path):
 
 def test_progress_logs_before_and_after_metis(tmp_path, caplog):
     config = make_config(tmp_path, num_parts=2)
-    with caplog.at_level(logging.INFO, logger="tasks.partition"):
+    with caplog.at_level(logging.INFO, logger="tasks.partition.partition"):
         partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config, progress=True)
     assert "METIS running" in caplog.text and "METIS done in" in caplog.text
 
@@ -312,7 +312,7 @@ def test_progress_logs_before_and_after_metis(tmp_path, caplog):
 def test_metis_runs_in_a_child_process_that_reports_elapsed_time(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(partition_mod, "METIS_HEARTBEAT_SECONDS", 0.05)  # the child takes longer to start
     config = make_config(tmp_path, num_parts=2)
-    with caplog.at_level(logging.INFO, logger="tasks.partition"):
+    with caplog.at_level(logging.INFO, logger="tasks.partition.partition"):
         ref = partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config, progress=True)
     assert "s elapsed (2 parts, 6 nodes)" in caplog.text
     published = sorted(p.name for p in Path(ref.path).iterdir())
@@ -351,7 +351,7 @@ def test_an_interrupted_partition_stage_kills_metis(tmp_path, monkeypatch, caplo
     handler = Interrupt()
     partition_mod.log.addHandler(handler)
     try:
-        with caplog.at_level(logging.INFO, logger="tasks.partition"), pytest.raises(KeyboardInterrupt):
+        with caplog.at_level(logging.INFO, logger="tasks.partition.partition"), pytest.raises(KeyboardInterrupt):
             partition_graph(snap, config, progress=True)
     finally:
         partition_mod.log.removeHandler(handler)
@@ -427,7 +427,7 @@ def test_layout_node_data_follows_the_permutation(tmp_path, monkeypatch, caplog)
     assert manifest["counts"]["val_nodes"] == int((split == SPLIT_VAL).sum())
     assert nd.partition == part
 
-    with caplog.at_level(logging.INFO, logger="tasks.partition"):
+    with caplog.at_level(logging.INFO, logger="tasks.partition.partition"):
         assert layout_node_data(part, snap, feats, config) == nd
     assert "cache hit" in caplog.text
 

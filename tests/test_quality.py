@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from storage.snapshot import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
-from tasks.baseline import train_baseline
+from tasks.evaluate.baseline import train_baseline
 from tasks.config import BaselineConfig, load_config
-from tasks.generate import GeneratorConfig, generate_graph
-from tasks.health import chance_level, check_run_health
-from tasks.ingest import ingest_graph
-from tasks.normalize import normalize_features
-from tasks.partition import layout_node_data, partition_graph
+from tasks.synthetic.generate import GeneratorConfig, generate_graph
+from tasks.evaluate.health import chance_level, check_run_health
+from tasks.ingest.snapshot import ingest_graph
+from tasks.normalize.features import normalize_features
+from tasks.partition.partition import layout_node_data, partition_graph
 from tests.conftest import dataset
 
 
@@ -132,10 +132,10 @@ def test_baseline_on_cora_matches_the_literature_mlp(tmp_path):
 # -- the check on real runs ---------------------------------------------------------------------
 
 def _train_and_check(tmp_path, name: str, *overrides: str):
-    from tasks.evaluate import evaluate_model
-    from tasks.health import check_run_health as check
-    from tasks.model import load_checkpoint
-    from tasks.train import train_cluster_gcn
+    from tasks.evaluate.evaluate import evaluate_model
+    from tasks.evaluate.health import check_run_health as check
+    from tasks.train.model import load_checkpoint
+    from tasks.train.loop import train_cluster_gcn
 
     cfg, snap, features, nd = _real(tmp_path, name, *overrides)
     trained = train_cluster_gcn(nd, cfg)
@@ -180,7 +180,7 @@ class _CSR:
 
 
 def test_baseline_model_gives_the_same_outputs_on_sparse_rows():
-    from tasks.baseline import _rows, features_model
+    from tasks.evaluate.baseline import _rows, features_model
 
     rng = np.random.default_rng(0)
     dense = (rng.random((50, 12)) < 0.2) * rng.random((50, 12)).astype(np.float32)

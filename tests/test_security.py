@@ -17,7 +17,7 @@ import torch
 from storage.store import Store
 from tasks.config import PipelineConfig, load_config, redact_uri
 from tasks.errors import InputError, UnsafeFileError
-from tasks.model import MODEL_FILE, load_checkpoint
+from tasks.train.model import MODEL_FILE, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_plain_checkpoint_makes_numpy_values_weights_only_loadable():
 
     import numpy as np
 
-    from tasks.model import plain_checkpoint
+    from tasks.train.model import plain_checkpoint
 
     obj = {"best_val": np.float64(0.75), "epoch": np.int64(3), "history": [{"loss": np.float32(0.5)}],
            "state_dict": OrderedDict(w=torch.ones(2)), "betas": (0.9, np.float64(0.999)), "y": np.arange(3)}
@@ -92,7 +92,7 @@ def test_plain_checkpoint_makes_numpy_values_weights_only_loadable():
 
 
 def test_planted_store_checkpoint_is_refused_on_resume(prepared, tmp_path):
-    from tasks.train import LAST, checkpoint_key, train_cluster_gcn
+    from tasks.train.loop import LAST, checkpoint_key, train_cluster_gcn
 
     cfg, nd = prepared
     cfg = load_config(None, [], base=cfg.model_dump(mode="json") | {"store": str(tmp_path / "store")})
@@ -106,7 +106,7 @@ def test_planted_store_checkpoint_is_refused_on_resume(prepared, tmp_path):
 
 def test_checkpoints_written_by_training_load_weights_only(prepared, tmp_path):
     """What training saves is plain data: it loads back with weights_only=True, and resumes."""
-    from tasks.train import LAST, train_cluster_gcn
+    from tasks.train.loop import LAST, train_cluster_gcn
 
     cfg, nd = prepared
     cfg = load_config(None, [], base=cfg.model_dump(mode="json") | {"store": str(tmp_path / "store")})
@@ -122,8 +122,8 @@ def test_planted_champion_checkpoint_is_refused(prepared, tmp_path, monkeypatch)
     downloaded, then refused before training starts, and its code never runs."""
     from mlflow.tracking import MlflowClient
 
-    from tasks import track
-    from tasks.train import train_cluster_gcn
+    from tasks.track import tracking as track
+    from tasks.train.loop import train_cluster_gcn
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg, nd = prepared
@@ -149,7 +149,7 @@ def test_planted_champion_checkpoint_is_refused(prepared, tmp_path, monkeypatch)
 
 
 def test_registry_run_id_cannot_name_a_path(tmp_path, monkeypatch):
-    from tasks import track
+    from tasks.track import tracking as track
 
     fake = SimpleNamespace(get_model_version_by_alias=lambda name, alias: SimpleNamespace(run_id="../../../../tmp/x"))
     monkeypatch.setattr(track, "_client", lambda uri: fake)
@@ -166,7 +166,7 @@ def test_no_unsafe_torch_load_anywhere():
         for path in (REPO / folder).rglob("*.py"):
             for m in re.finditer(r"torch\.load\(([^()]*(\([^()]*\))?)*\)", path.read_text()):
                 calls.append((path.name, m.group(0)))
-    assert calls, "torch.load is used in tasks/model.py"
+    assert calls, "torch.load is used in tasks/train/model.py"
     unsafe = [c for c in calls if "weights_only=True" not in c[1]]
     assert not unsafe, unsafe
 
@@ -231,7 +231,7 @@ def test_no_secret_reaches_mlflow_params_tags_or_links(tmp_path, monkeypatch):
     """Credentials in URIs of the config (and a secret in the environment) are never logged."""
     from mlflow.tracking import MlflowClient
 
-    from tasks import track
+    from tasks.track import tracking as track
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envSECRETvalue")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

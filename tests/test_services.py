@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deployments.stack import LocalStack, free_port
-from tasks import track
+from tasks.track import tracking as track
 from tasks.config import DataConfig, PipelineConfig, TrackConfig
 from tasks.errors import InputError, ServiceUnavailable
 

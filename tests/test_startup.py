@@ -20,7 +20,7 @@ import pytest
 from flows.startup import DEFAULT_SECONDS, ENV_VAR, PREFECT_ENV_VAR, StartupLimit, startup_limit
 from tasks.config import DataConfig
 from tasks.errors import InputError
-from tasks.ingest import check_inputs
+from tasks.ingest.snapshot import check_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torch_geometric", "mlflow", "matplotlib")
@@ -199,7 +199,7 @@ def test_check_inputs_unreadable_file(tmp_path):
 
 
 def test_ingest_modules_import_no_torch_pyg_mlflow(tmp_path):
-    code = ("import sys, flows.cli, flows.pipeline, tasks.ingest, tasks.partition, tasks.normalize\n"
+    code = ("import sys, flows.cli, flows.pipeline, tasks.ingest.snapshot, tasks.partition.partition, tasks.normalize.features\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(tmp_path), capture_output=True,
                          text=True, check=True)

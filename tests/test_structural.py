@@ -1,4 +1,4 @@
-"""Structural encodings for graphs without node features (tasks/structural.py, normalize stage)."""
+"""Structural encodings for graphs without node features (tasks/normalize/structural.py, normalize stage)."""
 
 import json
 from pathlib import Path
@@ -9,9 +9,9 @@ import scipy.sparse as sp
 
 from tasks.config import load_config
 from tasks.errors import InputError
-from tasks.normalize import apply_stats, load_stats, normalize_features
-from tasks.partition import build_csr
-from tasks.structural import DENSE_MAX_NODES, resolve_structural, structural_encoding
+from tasks.normalize.features import apply_stats, load_stats, normalize_features
+from tasks.partition.partition import build_csr
+from tasks.normalize.structural import DENSE_MAX_NODES, resolve_structural, structural_encoding
 from tests.test_normalize import X, _snapshot
 
 

@@ -9,10 +9,10 @@ import torch
 from storage.store import NodeDataRef
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import InputError
-from tasks.model import MODEL_FILE, load_checkpoint
-from tasks.partition import load_cluster_graph
+from tasks.train.model import MODEL_FILE, load_checkpoint
+from tasks.partition.partition import load_cluster_graph
 from tasks.prepare import prepare_graph
-from tasks.train import Prefetcher, resolve_clusters_per_batch, train_cluster_gcn, train_epoch
+from tasks.train.loop import Prefetcher, resolve_clusters_per_batch, train_cluster_gcn, train_epoch
 from tests.helpers import prepared_generated
 
 
@@ -81,7 +81,7 @@ def test_epoch_loss_is_averaged_over_training_nodes(prepared):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
-            from tasks.model import ModelSpec
+            from tasks.train.model import ModelSpec
             self.spec = ModelSpec("gcn", graph.num_features, 4, 4, 1, 0.0)
 
         def forward(self, x, adj):
@@ -97,8 +97,8 @@ def test_epoch_loss_is_averaged_over_training_nodes(prepared):
 def test_epoch_progress_reports_batches(prepared, monkeypatch, caplog):
     import logging
 
-    import tasks.train as train_mod
-    from tasks.model import GNN, ModelSpec
+    import tasks.train.loop as train_mod
+    from tasks.train.model import GNN, ModelSpec
 
     cfg, nd = prepared
     graph = load_cluster_graph(nd)
@@ -106,7 +106,7 @@ def test_epoch_progress_reports_batches(prepared, monkeypatch, caplog):
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     batches = [np.array([0]), np.array([1, 2, 3]), np.arange(4, 12)]
     monkeypatch.setattr(train_mod, "PROGRESS_SECONDS", 0.0)
-    with caplog.at_level(logging.INFO, logger="tasks.train"):
+    with caplog.at_level(logging.INFO, logger="tasks.train.loop"):
         train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"))
         assert "batch" not in caplog.text  # off unless asked
         train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"), "epoch 2/5")
@@ -159,7 +159,7 @@ def test_worker_processes_assemble_the_same_batches_as_the_thread(prepared, tmp_
 
 def test_loader_workers_auto_is_zero_on_cpu():
     from tasks.config import TrainConfig
-    from tasks.train import resolve_loader_workers
+    from tasks.train.loop import resolve_loader_workers
 
     assert resolve_loader_workers(TrainConfig(), torch.device("cpu")) == 0
     assert 1 <= resolve_loader_workers(TrainConfig(), torch.device("cuda")) <= 8

@@ -7,12 +7,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tasks.config import PipelineConfig, load_config
-from tasks.generate import GeneratorConfig, generate_graph
-from tasks.ingest import ingest_graph
-from tasks.normalize import normalize_features
-from tasks.partition import layout_node_data, partition_graph
-from tasks.tune import BEST_JSON, read_best, tune_graph
-from tasks.tuned import apply_tuned, tuned_config_path
+from tasks.synthetic.generate import GeneratorConfig, generate_graph
+from tasks.ingest.snapshot import ingest_graph
+from tasks.normalize.features import normalize_features
+from tasks.partition.partition import layout_node_data, partition_graph
+from tasks.tune.study import BEST_JSON, read_best, tune_graph
+from tasks.tune.tuned import apply_tuned, tuned_config_path
 
 
 @pytest.fixture(scope="module")

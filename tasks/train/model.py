@@ -1,7 +1,7 @@
 """The GNN: PyG ``GCNConv`` (default) or ``SAGEConv`` layers, run on sparse adjacency matrices.
 
 Training and layer-wise inference pass a pre-normalized sparse CSR adjacency
-(:mod:`tasks.batching`), so each layer is one sparse-dense matrix product instead of
+(:mod:`tasks.train.batching`), so each layer is one sparse-dense matrix product instead of
 scatter-based message passing. The same layers also accept an ``edge_index`` (with GCN
 normalization computed by PyG), which is what the exported predictor uses.
 

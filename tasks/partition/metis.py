@@ -1,4 +1,4 @@
-"""METIS in a child process: ``python -m tasks.metis_process WORKDIR NUM_PARTS SEED``.
+"""METIS in a child process: ``python -m tasks.partition.metis WORKDIR NUM_PARTS SEED``.
 
 pymetis holds the GIL for the whole METIS call (minutes on millions of nodes), so inside the
 pipeline's process nothing else could run meanwhile: no progress messages, no reaction to a

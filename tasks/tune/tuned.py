@@ -1,6 +1,6 @@
 """The graph's tuned config (``graphpipe tune`` writes it, runs with ``tune.use_tuned`` read it).
 
-Kept apart from :mod:`tasks.tune` (Optuna, torch, MLflow) so that resolving a run's config stays
+Kept apart from :mod:`tasks.tune.study` (Optuna, torch, MLflow) so that resolving a run's config stays
 cheap: ``graphpipe ingest`` imports this module, not those libraries.
 """
 

@@ -37,15 +37,15 @@ from mlflow.types import Schema, TensorSpec
 from storage.arrays import ClusterGraph
 from storage.snapshot import read_feature_rows
 from storage.store import NodeDataRef, SnapshotRef, Store, read_manifest
-from tasks.batching import batch_subgraph
+from tasks.train.batching import batch_subgraph
 from tasks.config import PipelineConfig, redact_uri
 from tasks.errors import InputError
-from tasks.services import check_mlflow, redact, short_reason
-from tasks.services import is_server as _is_server
-from tasks.evaluate import EvaluationRef
-from tasks.model import MODEL_FILE, EdgeIndexPredictor, load_trained
-from tasks.normalize import NormalizationStats
-from tasks.plots import confusion, embeddings, learning_curves
+from tasks.track.services import check_mlflow, redact, short_reason
+from tasks.track.services import is_server as _is_server
+from tasks.evaluate.evaluate import EvaluationRef
+from tasks.train.model import MODEL_FILE, EdgeIndexPredictor, load_trained
+from tasks.normalize.features import NormalizationStats
+from tasks.track.plots import confusion, embeddings, learning_curves
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def log_epoch(run: RunRef, epoch: int, metrics: dict[str, float]) -> None:
 
 def check_reachable(uri: str, attempts: int = 4, delay: float = 3.0, timeout: float = 5.0) -> None:
     """A clear one-line error (:class:`tasks.errors.ServiceUnavailable`) when the tracking server
-    ``uri`` does not answer; see :func:`tasks.services.check_mlflow`."""
+    ``uri`` does not answer; see :func:`tasks.track.services.check_mlflow`."""
     check_mlflow(uri, attempts, delay, timeout)
 
 

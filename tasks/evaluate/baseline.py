@@ -9,7 +9,7 @@ rows, and the final accuracies are computed over every labeled node in row chunk
 
 Its validation and test accuracy are logged beside every run (``baseline_val_acc``,
 ``baseline_test_acc``), so a reviewer sees what the graph adds, and the failing-run check
-(:mod:`tasks.health`) compares the GNN with it.
+(:mod:`tasks.evaluate.health`) compares the GNN with it.
 """
 
 from __future__ import annotations

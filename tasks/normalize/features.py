@@ -18,7 +18,7 @@ Methods (``normalize.method``):
   every graph.
 
 A featureless graph (edges and labels only) gets a structural encoding instead
-(``normalize.structural``, :mod:`tasks.structural`): by default (``auto``) log-degree,
+(``normalize.structural``, :mod:`tasks.normalize.structural`): by default (``auto``) log-degree,
 log-component-size and the ``normalize.structural_dim`` leading eigenvectors of the normalized
 adjacency (``spectral``); ``degree`` keeps the first two columns; ``none`` is one constant feature
 (1.0 for every node). The encoding used is recorded in ``stats.json`` (``structural``) and the
@@ -50,8 +50,8 @@ from storage.snapshot import SPLIT_TRAIN, Features, read_edges, read_features, r
 from storage.store import FeaturesRef, SnapshotRef, Store, make_manifest, reusable, write_manifest
 from tasks.config import PipelineConfig
 from tasks.errors import InputError
-from tasks.partition import build_csr
-from tasks.structural import resolve_structural, structural_encoding
+from tasks.partition.partition import build_csr
+from tasks.normalize.structural import resolve_structural, structural_encoding
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class NormalizationStats:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     featureless: bool = False
-    # a featureless graph's structural encoding (tasks.structural): method, k, eigenvalues, ...
+    # a featureless graph's structural encoding (tasks.normalize.structural): method, k, eigenvalues, ...
     structural: dict | None = None
     sparse: bool = False  # written as CSR (see the module docstring)
 

@@ -37,11 +37,11 @@ from storage.fingerprint import fingerprint_value
 from storage.locks import checkpoint_lock
 from storage.snapshot import SPLIT_TRAIN
 from storage.store import NodeDataRef, Store
-from tasks.batching import Batch, Kind, batch_arrays, batch_from_arrays, build_batch, epoch_batches
+from tasks.train.batching import Batch, Kind, batch_arrays, batch_from_arrays, build_batch, epoch_batches
 from tasks.config import PipelineConfig, TrainConfig
 from tasks.errors import InputError
-from tasks.evaluate import predict_full_graph, split_metrics
-from tasks.model import GNN, MODEL_FILE, ModelSpec, load_checkpoint, plain_checkpoint, resolve_device
+from tasks.evaluate.evaluate import predict_full_graph, split_metrics
+from tasks.train.model import GNN, MODEL_FILE, ModelSpec, load_checkpoint, plain_checkpoint, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from storage.snapshot import SPLIT_NAMES, SPLIT_NONE, SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
 from tasks.config import SplitConfig
 from tasks.errors import InputError
-from tasks.readers import MASK_COLUMNS, first_true
+from tasks.ingest.readers import MASK_COLUMNS, first_true
 
 SPLIT_VALUES = ("train", "val", "test")  # codes SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST
 

@@ -6,7 +6,7 @@ self-loops or duplicates. Labels, the split (given, or generated from ``config.s
 features are validated before anything is written, so bad input never publishes a snapshot and
 never moves ``CURRENT.json``. The snapshot directory is keyed by a fingerprint of the input files'
 content and the ``data`` and ``split`` settings: ingesting the same input twice is a cache hit.
-See :mod:`tasks.readers` for the accepted file formats and :mod:`storage.snapshot` for the output.
+See :mod:`tasks.ingest.readers` for the accepted file formats and :mod:`storage.snapshot` for the output.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from storage.snapshot import Features, GraphTables, id_dtype, write_snapshot
 from storage.store import FORMAT_VERSION, SnapshotRef, Store, is_complete, make_manifest, read_manifest, reusable, write_manifest
 from tasks.config import DataConfig, PipelineConfig
 from tasks.errors import InputError
-from tasks.readers import (
+from tasks.ingest.readers import (
     MASK_COLUMNS,
     check_edge_file,
     check_feature_file,
@@ -47,7 +47,7 @@ from tasks.readers import (
     read_edge_file,
     read_node_table,
 )
-from tasks.splits import (
+from tasks.ingest.splits import (
     Labels,
     generate_split,
     given_split,

@@ -32,12 +32,12 @@ from storage.arrays import ClusterGraph, CSRRows, Mapping, release_pages, scratc
 from storage.atomic import publish_dir
 from storage.snapshot import SPLIT_TEST, read_node_ids
 from storage.store import NodeDataRef, SnapshotRef
-from tasks.batching import RowBlock, block_bounds, gcn_inverse_sqrt_degrees, row_block, sparse_csr, split_masks
+from tasks.train.batching import RowBlock, block_bounds, gcn_inverse_sqrt_degrees, row_block, sparse_csr, split_masks
 from tasks.config import PipelineConfig
-from tasks.model import GNN, load_trained, resolve_device
+from tasks.train.model import GNN, load_trained, resolve_device
 
 if TYPE_CHECKING:
-    from tasks.train import TrainResult
+    from tasks.train.loop import TrainResult
 
 log = logging.getLogger(__name__)
 

@@ -35,13 +35,13 @@ from storage.arrays import ClusterGraph
 from storage.atomic import read_json, write_bytes, write_json
 from storage.fingerprint import fingerprint_value
 from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store
-from tasks import track as track_mod
+from tasks.track import tracking as track_mod
 from tasks.config import NormalizeConfig, PipelineConfig, load_config
 from tasks.errors import InputError
-from tasks.tuned import BEST_YAML
-from tasks.evaluate import predict_full_graph, split_metrics
-from tasks.model import load_trained, resolve_device
-from tasks.train import resolve_clusters_per_batch, train_cluster_gcn
+from tasks.tune.tuned import BEST_YAML
+from tasks.evaluate.evaluate import predict_full_graph, split_metrics
+from tasks.train.model import load_trained, resolve_device
+from tasks.train.loop import resolve_clusters_per_batch, train_cluster_gcn
 
 if TYPE_CHECKING:  # optuna is imported where it is used
     import optuna

@@ -7,7 +7,7 @@ the symmetric adjacency in the new ids as CSR, in the format of :mod:`storage.ar
 
 Memory: the graph is held once as an int64 CSR (the type METIS uses, so pymetis does not copy it);
 the edge list is freed before METIS runs, and the permuted CSR is built a slice of rows at a time.
-METIS runs in a child process (:mod:`tasks.metis_process`; pymetis holds the GIL for the whole
+METIS runs in a child process (:mod:`tasks.partition.metis`; pymetis holds the GIL for the whole
 call), which reads the CSR from files while this process holds none of it, logs the elapsed time
 while it waits, and kills the child if the stage is interrupted or cancelled.
 """
@@ -211,14 +211,14 @@ METIS_HEARTBEAT_SECONDS = 30.0
 
 def _run_metis(workdir: Path, num_nodes: int, nnz: int, num_parts: int, seed: int, level: int) -> tuple[np.ndarray, int]:
     """METIS k-way assignment (int32 per node) and METIS' own edge cut, computed by
-    :mod:`tasks.metis_process` from ``workdir/indptr.npy`` and ``workdir/indices.npy``."""
+    :mod:`tasks.partition.metis` from ``workdir/indptr.npy`` and ``workdir/indices.npy``."""
     log.log(level, "METIS running: %d parts, %d nodes, %d adjacency entries", num_parts, num_nodes, nnz)
     start = time.perf_counter()
     package_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
            "GRAPHPIPE_METIS_PARENT": str(os.getpid())}  # the child dies with this process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tasks.metis_process", str(workdir), str(num_parts), str(seed)],
+        [sys.executable, "-m", "tasks.partition.metis", str(workdir), str(num_parts), str(seed)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=package_root,
     )
     try:

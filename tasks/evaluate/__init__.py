@@ -1,0 +1,1 @@
+"""Evaluate: full-graph inference, metrics, baselines and health checks."""

@@ -1,0 +1,1 @@
+"""Normalize: node features (and structural encodings for featureless graphs)."""

@@ -1,0 +1,1 @@
+"""Partition: CSR, METIS in a child process, partition statistics, node-data layout."""

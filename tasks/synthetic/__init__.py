@@ -1,0 +1,1 @@
+"""Synthetic input: a generator of large graphs with community structure."""

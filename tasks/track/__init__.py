@@ -1,0 +1,1 @@
+"""Track: MLflow runs, plots, the registered model, tracking-server checks."""

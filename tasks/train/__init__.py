@@ -1,0 +1,1 @@
+"""Train: the GNN model, Cluster-GCN batches, the training loop."""

@@ -1,0 +1,1 @@
+"""Tune: Optuna hyper-parameter search and applying its result."""
