@@ -102,7 +102,7 @@ def side_eval(p: dict) -> dict:
     import torch
 
     from storage.arrays import ClusterGraph
-    from tasks.evaluate.evaluate import infer_full_graph, predict_full_graph
+    from tasks.evaluate.inference import infer_full_graph, predict_full_graph
     from tasks.train.model import GNN, ModelSpec
 
     nd = p["refs"]["node_data"]

@@ -23,7 +23,7 @@ Each side is its own process (its own peak RSS). The machine is shared and noisy
 side: set up, 1 warm-up epoch, ``--epochs`` timed epochs (median and min wall time, and CPU
 time, reported), then a breakdown (loader alone; compute alone on pre-built batches), then accuracy
 on the full graph after the same number of epochs (PyG: one full-batch forward; graphpipe:
-``tasks.evaluate.evaluate.infer_full_graph``). Peak RSS is read before evaluation (training) and at the end.
+``tasks.evaluate.inference.infer_full_graph``). Peak RSS is read before evaluation (training) and at the end.
 
 Target (issue): graphpipe >= 2x faster per epoch.
 
@@ -183,7 +183,8 @@ class GraphpipeSide:
 
         from storage.arrays import ClusterGraph
         from tasks.train.batching import build_batch, epoch_batches
-        from tasks.evaluate.evaluate import infer_full_graph, split_metrics
+        from tasks.evaluate.inference import infer_full_graph
+        from tasks.evaluate.metrics import split_metrics
         from tasks.train.model import GNN, ModelSpec
         from tasks.train.loop import Prefetcher, train_epoch
 
@@ -215,7 +216,7 @@ class GraphpipeSide:
 
     def epoch(self) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
-        pf = self.Prefetcher(self.graph, self._batches(self.epochs + 1), "gcn", self.p["prefetch"])
+        pf = self.Prefetcher(self.graph, self._batches(self.epochs + 1), self.model.spec.adjacency, self.p["prefetch"])
         self.train_epoch(self.model, self.opt, pf, self.device)
         self.epochs += 1
         return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "wait_s": pf.wait_seconds}
@@ -224,14 +225,14 @@ class GraphpipeSide:
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
         opt_state = self.opt.state_dict()
         t0 = time.perf_counter()
-        built = [self.build_batch(self.graph, c, "gcn") for c in self._batches(999)]
+        built = [self.build_batch(self.graph, c, self.model.spec.adjacency) for c in self._batches(999)]
         loader_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.train_epoch(self.model, self.opt, built, self.device)
         compute_s = time.perf_counter() - t0
         if profile:
             _torch_profile(lambda: self.train_epoch(self.model, self.opt, built, self.device), "graphpipe")
-            _cprofile(lambda: [self.build_batch(self.graph, c, "gcn") for c in self._batches(998)], "build_batch")
+            _cprofile(lambda: [self.build_batch(self.graph, c, self.model.spec.adjacency) for c in self._batches(998)], "build_batch")
         del built
         self.model.load_state_dict(state)
         self.opt.load_state_dict(opt_state)

@@ -163,7 +163,12 @@ class TrainConfig(_Section):
     in ``n`` worker processes (PyTorch ``DataLoader``), ``prefetch`` ahead per worker.
     """
 
-    model: Literal["gcn", "sage"] = "gcn"
+    # the model registry is tasks/train/model.py (MODELS); gat: PyG GATConv, `heads` heads of
+    # hidden/heads channels in hidden layers, 1 at the output; diag_lambda (gcn only): the
+    # Cluster-GCN paper's diagonal enhancement (D+I)^-1 (A+I) + lambda diag(.), for deep GCNs
+    model: Literal["gcn", "sage", "gat"] = "gcn"
+    heads: int = Field(default=8, ge=1)
+    diag_lambda: float | None = Field(default=None, ge=0)
     num_layers: int = Field(default=2, ge=1)
     hidden: int = Field(default=128, ge=1)
     dropout: float = Field(default=0.5, ge=0, lt=1)
@@ -182,6 +187,14 @@ class TrainConfig(_Section):
     loader_workers: int | Literal["auto"] = Field(default="auto")
     resume: bool = True
     warm_start: bool = False  # start from the registered champion's weights when they fit
+
+    @model_validator(mode="after")
+    def _model_options(self) -> TrainConfig:
+        if self.diag_lambda is not None and self.model != "gcn":
+            raise ValueError(f"train.diag_lambda (diagonal enhancement) applies to model gcn only, not {self.model}")
+        if self.model == "gat" and self.num_layers > 1 and self.hidden % self.heads:
+            raise ValueError(f"train.model=gat: train.hidden ({self.hidden}) must be a multiple of train.heads ({self.heads})")
+        return self
 
 
 class TrackConfig(_Section):

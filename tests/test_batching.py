@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from tasks.train.batching import (
+    AdjacencyNorm,
     add_self_loops_csr,
     batch_subgraph,
     block_bounds,
@@ -18,6 +19,7 @@ from tests.helpers import cluster_graph, dense_adjacency, gcn_normalize
 # inside: 0-1, 1-2, 3-4, 5-6, 6-7; between: 2-3 (c0-c1), 4-5 (c1-c2), 0-7 (c0-c2)
 EDGES = [(0, 1), (1, 2), (3, 4), (5, 6), (6, 7), (2, 3), (4, 5), (0, 7)]
 PTR = [0, 3, 5, 8]
+SYM = AdjacencyNorm("sym")
 
 
 def _edges_of(nodes, crow, col):
@@ -56,7 +58,7 @@ def test_batch_subgraph_equals_dense_induced_subgraph_on_random_graph():
 def test_gcn_adjacency_matches_dense_formula():
     g = cluster_graph(EDGES, PTR)
     nodes, crow, col = batch_subgraph(g, np.array([0, 1]))
-    adj = normalized_adjacency(crow, col, "gcn").to_dense().numpy()
+    adj = normalized_adjacency(crow, col, SYM).to_dense().numpy()
     expected = gcn_normalize(dense_adjacency(g)[np.ix_(nodes, nodes)])
     np.testing.assert_allclose(adj, expected, rtol=1e-6)
 
@@ -88,7 +90,7 @@ def test_build_batch_carries_node_data_in_batch_order():
     y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
     split = np.array([1, 2, 3, 1, 0, 1, 1, 2], dtype=np.int8)
     g = cluster_graph(EDGES, PTR, x=x, y=y, split=split)
-    b = build_batch(g, np.array([2, 0]), "gcn")
+    b = build_batch(g, np.array([2, 0]), SYM)
     assert b.nodes.tolist() == [0, 1, 2, 5, 6, 7]
     np.testing.assert_array_equal(b.x.numpy(), x[[0, 1, 2, 5, 6, 7]])
     assert b.y.tolist() == [0, 1, 0, 1, 0, 1]
@@ -108,10 +110,10 @@ def _block_dense(block, num_nodes):
 def test_row_block_uses_all_neighbours_with_full_graph_degrees():
     g = cluster_graph(EDGES, PTR)
     full = gcn_normalize(dense_adjacency(g))
-    block = row_block(g, 3, 5, "gcn")  # cluster 1: nodes 3, 4 with neighbours 2 and 5 outside it
+    block = row_block(g, 3, 5, SYM)  # cluster 1: nodes 3, 4 with neighbours 2 and 5 outside it
     np.testing.assert_allclose(_block_dense(block, 8), full[3:5], rtol=1e-6)
     a = dense_adjacency(g)
-    mean = row_block(g, 0, 8, "sage")
+    mean = row_block(g, 0, 8, AdjacencyNorm("mean"))
     np.testing.assert_allclose(_block_dense(mean, 8), a / np.maximum(a.sum(axis=1, keepdims=True), 1), rtol=1e-6)
 
 
@@ -122,11 +124,41 @@ def test_block_bounds_cover_whole_clusters():
     assert block_bounds(g, 100) == [(0, 8)]
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage"])
+@pytest.mark.parametrize("kind", ["sym", "mean", "row", "ones"])
 def test_sparse_adjacency_is_differentiable(kind):
     g = cluster_graph(EDGES, PTR)
-    b = build_batch(g, np.array([0, 1, 2]), kind)
+    b = build_batch(g, np.array([0, 1, 2]), AdjacencyNorm(kind, 0.5))
     h = torch.randn(8, 3, requires_grad=True)
     out = torch.sparse.mm(b.adj, h)
     out.sum().backward()
     assert h.grad is not None and torch.isfinite(h.grad).all()
+
+
+def test_diagonal_enhancement_matches_the_papers_formula():
+    """Chiang et al. 2019 sec. 3.3: A' = (D+I)^-1 (A+I), then A' + lambda diag(A'), in a batch
+    (batch degrees) and in a full-graph row block (full-graph degrees)."""
+    g = cluster_graph(EDGES, PTR)
+    lam = 0.7
+    norm = AdjacencyNorm("row", lam)
+
+    def enhanced(a):
+        a_hat = (a + np.eye(len(a))) / (a.sum(axis=1, keepdims=True) + 1)
+        return a_hat + lam * np.diag(np.diag(a_hat))
+
+    nodes, crow, col = batch_subgraph(g, np.array([0, 2]))
+    adj = normalized_adjacency(crow, col, norm).to_dense().numpy()
+    np.testing.assert_allclose(adj, enhanced(dense_adjacency(g)[np.ix_(nodes, nodes)]), rtol=1e-6)
+    # node 0 (batch degree 2: neighbours 1 and 7): off-diagonal 1/3, diagonal (1 + 0.7)/3
+    np.testing.assert_allclose(adj[0, [0, 1, 5]], [1.7 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+    block = row_block(g, 3, 5, norm)
+    np.testing.assert_allclose(_block_dense(block, 8), enhanced(dense_adjacency(g))[3:5], rtol=1e-6)
+
+
+def test_mean_and_structure_adjacencies():
+    g = cluster_graph(EDGES, PTR)
+    nodes, crow, col = batch_subgraph(g, np.array([0, 1]))
+    a = dense_adjacency(g)[np.ix_(nodes, nodes)]
+    mean = normalized_adjacency(crow, col, AdjacencyNorm("mean")).to_dense().numpy()
+    np.testing.assert_allclose(mean, a / np.maximum(a.sum(axis=1, keepdims=True), 1), rtol=1e-6)
+    ones = normalized_adjacency(crow, col, AdjacencyNorm("ones")).to_dense().numpy()
+    np.testing.assert_array_equal(ones, a + np.eye(len(a)))

@@ -2,10 +2,24 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.evaluate.inference import infer_full_graph, iter_full_graph, predict_full_graph
 from tasks.train.batching import build_batch
-from tasks.evaluate.evaluate import infer_full_graph, iter_full_graph, predict_full_graph
-from tasks.train.model import GNN, EdgeIndexPredictor, ModelSpec
+from tasks.train.model import GNN, MODELS, EdgeIndexPredictor, ModelSpec
 from tests.helpers import cluster_graph
+
+# every model of the registry, and gcn with the diagonal enhancement
+VARIANTS = {"gcn": {"kind": "gcn"}, "sage": {"kind": "sage"}, "gat": {"kind": "gat", "heads": 2},
+            "gcn+diag": {"kind": "gcn", "diag_lambda": 1.0}}
+
+
+def _spec(variant, in_dim, hidden, out_dim, layers, dropout, **kw):
+    return ModelSpec(in_dim=in_dim, hidden=hidden, out_dim=out_dim, num_layers=layers, dropout=dropout,
+                     **VARIANTS[variant], **kw)
+
+
+def _whole(graph, model):
+    """The whole graph as one training batch (the training forward's input)."""
+    return build_batch(graph, np.arange(graph.num_parts), model.spec.adjacency)
 
 
 def _random_graph(seed=0, n=60, e=200, d=5):
@@ -20,24 +34,32 @@ def _edge_index(graph):
     return torch.from_numpy(np.stack([graph.indices.astype(np.int64), rows]))
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage"])
-def test_sparse_path_equals_pyg_edge_index_path(kind):
+def test_registry_covers_the_configured_models():
+    from typing import get_args
+
+    from tasks.config import TrainConfig
+
+    assert set(get_args(TrainConfig.model_fields["model"].annotation)) == set(MODELS)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sparse_path_equals_edge_index_path(variant):
     graph, _ = _random_graph()
     torch.manual_seed(0)
-    model = GNN(ModelSpec(kind, 5, 8, 3, 2, 0.0)).eval()
-    whole = build_batch(graph, np.arange(graph.num_parts), kind)
+    model = GNN(_spec(variant, 5, 8, 3, 2, 0.0)).eval()
+    whole = _whole(graph, model)
     sparse_out = model(whole.x, whole.adj)
     edge_out = EdgeIndexPredictor(model, "none")(torch.from_numpy(graph.x), _edge_index(graph))
     torch.testing.assert_close(sparse_out, edge_out, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("layers", [1, 2, 3])
-def test_layerwise_inference_equals_full_graph_forward(kind, layers):
+def test_layerwise_inference_equals_full_graph_forward(variant, layers):
     graph, _ = _random_graph(seed=layers)
     torch.manual_seed(1)
-    model = GNN(ModelSpec(kind, 5, 8, 4, layers, 0.5)).eval()
-    whole = build_batch(graph, np.arange(graph.num_parts), kind)
+    model = GNN(_spec(variant, 5, 8, 4, layers, 0.5)).eval()
+    whole = _whole(graph, model)
     expected = model(whole.x, whole.adj).detach().numpy()
     for block_nodes in (1, 15, 1000):  # one cluster per block, a few, all
         logits, hidden = infer_full_graph(model, graph, torch.device("cpu"), block_nodes=block_nodes)
@@ -65,11 +87,11 @@ def test_disk_backed_inference_equals_in_memory(tmp_path, layers):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage"])
-def test_inference_reading_sources_in_small_windows_is_exact(tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_inference_reading_sources_in_small_windows_is_exact(tmp_path, monkeypatch, variant):
     """Sources read a few rows at a time (many windows per block, pages released after each)
     from memory-mapped files give the full-graph forward."""
-    import tasks.evaluate.evaluate as evaluate_mod
+    import tasks.evaluate.inference as inference_mod
     from storage.arrays import ClusterGraph, write_arrays
 
     graph, _ = _random_graph(seed=11)
@@ -78,10 +100,10 @@ def test_inference_reading_sources_in_small_windows_is_exact(tmp_path, monkeypat
     mapped = ClusterGraph.open(tmp_path, tmp_path)
     assert "x" in mapped.maps
     torch.manual_seed(5)
-    model = GNN(ModelSpec(kind, 5, 8, 4, 3, 0.5)).eval()
-    whole = build_batch(graph, np.arange(graph.num_parts), kind)
+    model = GNN(_spec(variant, 5, 8, 4, 3, 0.5)).eval()
+    whole = _whole(graph, model)
     expected = model(whole.x, whole.adj).detach().numpy()
-    monkeypatch.setattr(evaluate_mod, "WINDOW_BYTES", 64)  # 2-8 rows per window
+    monkeypatch.setattr(inference_mod, "WINDOW_BYTES", 64)  # 2-8 rows per window
     got = np.full_like(expected, np.nan)
     for blk in iter_full_graph(model, mapped, torch.device("cpu"), block_nodes=15, scratch_dir=tmp_path):
         got[blk.start : blk.stop] = blk.logits
@@ -106,7 +128,7 @@ def test_symmetric_spmm_gives_the_same_gradients_as_pyg():
     graph, _ = _random_graph(seed=4)
     torch.manual_seed(2)
     model = GNN(ModelSpec("gcn", 5, 8, 3, 2, 0.0)).train()
-    batch = build_batch(graph, np.arange(graph.num_parts), "gcn")
+    batch = _whole(graph, model)
     model(batch.x, batch.adj).square().sum().backward()
     ours = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -148,20 +170,21 @@ def _sparse_twin(graph, seed=0, d=30):
     return dense, sparse, raw, mean, std
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("layers", [1, 2])
-def test_sparse_first_layer_equals_dense_training_inference_and_predictor(kind, layers):
+def test_sparse_first_layer_equals_dense_training_inference_and_predictor(variant, layers):
     """Standardized bag-of-words kept sparse: the training forward, its gradients, full-graph
     inference and the exported predictor on raw features all equal the dense path."""
     graph, _ = _random_graph(seed=20 + layers)
     dense, sparse, raw, mean, std = _sparse_twin(graph)
     torch.manual_seed(4)
-    model = GNN(ModelSpec(kind, 30, 8, 4, layers, 0.0, input_shift=True))
+    model = GNN(_spec(variant, 30, 8, 4, layers, 0.0, input_shift=True))
     model.set_input_shift(sparse.x_shift)
-    reference = GNN(ModelSpec(kind, 30, 8, 4, layers, 0.0))
+    reference = GNN(_spec(variant, 30, 8, 4, layers, 0.0))
     reference.load_state_dict({k: v for k, v in model.state_dict().items() if k != "input_shift"})
     clusters = np.array([0, 2, 3])  # a training batch with edges between clusters
-    bd, bs = build_batch(dense, clusters, kind), build_batch(sparse, clusters, kind)
+    norm = model.spec.adjacency
+    bd, bs = build_batch(dense, clusters, norm), build_batch(sparse, clusters, norm)
     assert bs.x.layout == torch.sparse_csr and bd.x.layout == torch.strided
     out_d, out_s = reference(bd.x, bd.adj), model(bs.x, bs.adj)
     torch.testing.assert_close(out_s, out_d, rtol=1e-4, atol=1e-5)
@@ -171,7 +194,7 @@ def test_sparse_first_layer_equals_dense_training_inference_and_predictor(kind, 
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
 
     model.eval()
-    whole = build_batch(dense, np.arange(graph.num_parts), kind)
+    whole = _whole(dense, model)
     expected = reference.eval()(whole.x, whole.adj).detach().numpy()
     for block_nodes in (1, 1000):
         logits, hidden = infer_full_graph(model, sparse, torch.device("cpu"), block_nodes=block_nodes)
@@ -195,3 +218,64 @@ def test_sparse_dropout_drops_stored_entries_only():
     kept = (values != 0).float().mean().item()
     assert 0.4 < kept < 0.6
     assert torch.equal(dropout(x, 0.5, False).values(), x.values())
+
+
+# A hand-built graph: 12 nodes in 4 clusters of 3 (a triangle each: 0-1-2, 3-4-5, 6-7-8, 9-10-11),
+# the clusters joined in a ring (2-3, 5-6, 8-9, 11-0) plus the chords 1-7, 4-10, 0-4 and 0-8, so
+# degrees differ (node 0: 5, nodes 4 and 8: 4, the others 3); 2 features per node.
+HAND_EDGES = [(0, 1), (1, 2), (0, 2), (3, 4), (4, 5), (3, 5), (6, 7), (7, 8), (6, 8), (9, 10), (10, 11), (9, 11),
+              (2, 3), (5, 6), (8, 9), (11, 0), (1, 7), (4, 10), (0, 4), (0, 8)]
+HAND_X = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [2.0, 1.0], [1.0, 2.0], [0.0, 0.5],
+                   [0.3, 0.7], [1.5, 0.0], [0.0, 0.2], [0.9, 0.1], [0.4, 1.2], [2.0, 2.0]], dtype=np.float32)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_inference_and_exported_predictor_agree(tmp_path, variant):
+    """Issue 10's seam: for each model, the training forward on the whole graph as one batch,
+    layer-wise full-graph inference over row blocks smaller than the graph, and the predictor
+    exported to MLflow (torch.export) and loaded back from a local store give the same logits."""
+    import mlflow
+
+    from tasks.track.tracking import log_predictor
+
+    graph = cluster_graph(HAND_EDGES, [0, 3, 6, 9, 12], x=HAND_X)
+    torch.manual_seed(0)
+    model = GNN(_spec(variant, 2, 8, 3, 3, 0.5)).eval()
+    whole = _whole(graph, model)
+    with torch.no_grad():
+        trained = model(whole.x, whole.adj).numpy()
+    for block_nodes in (3, 6):  # one cluster per block, two
+        logits, _ = infer_full_graph(model, graph, torch.device("cpu"), block_nodes=block_nodes)
+        np.testing.assert_allclose(logits, trained, rtol=1e-5, atol=1e-5)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a local store, artifacts in tmp_path
+    experiment = mlflow.create_experiment("seam", artifact_location=(tmp_path / "artifacts").as_uri())
+    x, edge_index = torch.from_numpy(HAND_X), _edge_index(graph)
+    with mlflow.start_run(experiment_id=experiment):
+        uri, _ = log_predictor(EdgeIndexPredictor(model, "none").eval(), x, edge_index, None)
+    loaded = mlflow.pytorch.load_model(uri)  # a pt2 model has no pyfunc flavor; loaded as the pipeline's test does
+    served = loaded(x, edge_index).detach().numpy()
+    np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-5)
+    assert np.abs(trained).max() > 1e-3  # not a degenerate all-zero output
+
+
+def test_diagonal_enhancement_changes_the_output():
+    """lambda > 0 weighs a node's own row more: a different output from lambda = 0, which
+    itself differs from the symmetric GCN normalization."""
+    graph = cluster_graph(HAND_EDGES, [0, 3, 6, 9, 12], x=HAND_X)
+    outs = []
+    for extra in ({}, {"diag_lambda": 0.0}, {"diag_lambda": 2.0}):
+        torch.manual_seed(0)
+        model = GNN(ModelSpec("gcn", 2, 8, 3, 2, 0.0, **extra)).eval()
+        whole = _whole(graph, model)
+        outs.append(model(whole.x, whole.adj).detach().numpy())
+    assert not np.allclose(outs[0], outs[1], atol=1e-4) and not np.allclose(outs[1], outs[2], atol=1e-4)
+
+
+def test_model_options_are_validated():
+    with pytest.raises(ValueError, match="multiple of heads"):
+        ModelSpec("gat", 2, 10, 3, 2, 0.0, heads=4)
+    with pytest.raises(ValueError, match="gcn only"):
+        ModelSpec("sage", 2, 8, 3, 2, 0.0, diag_lambda=1.0)
+    with pytest.raises(ValueError, match="unknown model"):
+        ModelSpec("gin", 2, 8, 3, 2, 0.0)

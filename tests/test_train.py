@@ -9,6 +9,7 @@ import torch
 from storage.store import NodeDataRef
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import InputError
+from tasks.train.batching import AdjacencyNorm
 from tasks.train.model import MODEL_FILE, load_checkpoint
 from tasks.partition.partition import load_cluster_graph
 from tasks.prepare import prepare_graph
@@ -90,7 +91,7 @@ def test_epoch_loss_is_averaged_over_training_nodes(prepared):
     model = Constant()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     batches = [np.array([0]), np.array([1, 2, 3]), np.arange(4, 12)]
-    metrics = train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"))
+    metrics = train_epoch(model, opt, Prefetcher(graph, batches, AdjacencyNorm("sym"), 1), torch.device("cpu"))
     assert metrics["loss"] == pytest.approx(np.log(4), rel=1e-6)
 
 
@@ -107,9 +108,9 @@ def test_epoch_progress_reports_batches(prepared, monkeypatch, caplog):
     batches = [np.array([0]), np.array([1, 2, 3]), np.arange(4, 12)]
     monkeypatch.setattr(train_mod, "PROGRESS_SECONDS", 0.0)
     with caplog.at_level(logging.INFO, logger="tasks.train.loop"):
-        train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"))
+        train_epoch(model, opt, Prefetcher(graph, batches, AdjacencyNorm("sym"), 1), torch.device("cpu"))
         assert "batch" not in caplog.text  # off unless asked
-        train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"), "epoch 2/5")
+        train_epoch(model, opt, Prefetcher(graph, batches, AdjacencyNorm("sym"), 1), torch.device("cpu"), "epoch 2/5")
     assert "epoch 2/5: batch 1/3" in caplog.text and "epoch 2/5: batch 2/3" in caplog.text
 
 

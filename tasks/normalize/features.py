@@ -143,24 +143,17 @@ def apply_stats(x: Features, stats: NormalizationStats) -> np.ndarray:
         return np.ones((x.shape[0], 1), dtype=np.float32)
     if x.shape[1] != stats.num_features:
         raise ValueError(f"expected {stats.num_features} features, got {x.shape[1]}")
-    if stats.method in ("row", "l2"):
-        if sp.issparse(x):
-            sums = np.asarray(abs(x).sum(axis=1) if stats.method == "row"
-                              else np.sqrt(x.multiply(x).sum(axis=1))).ravel()
-            scale = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
-            return np.asarray(sp.diags(scale.astype(np.float32)) @ x.toarray(), dtype=np.float32)
-        x = np.asarray(x, dtype=np.float32)
-        if stats.method == "row":
-            sums = np.abs(x).sum(axis=1, keepdims=True)
-        else:
-            sums = np.sqrt(np.square(x, dtype=np.float64).sum(axis=1, keepdims=True)).astype(np.float32)
-        return np.divide(x, sums, out=np.zeros_like(x), where=sums > 0)
-    dense = x.toarray() if sp.issparse(x) else np.asarray(x)
-    if stats.method == "standard":
-        mean = np.asarray(stats.mean, dtype=np.float32)
-        std = np.asarray(stats.std, dtype=np.float32)
-        return ((dense - mean) / std).astype(np.float32, copy=False)
-    return dense.astype(np.float32, copy=False)
+    import torch  # not at module level: the normalize stage's imports stay light
+
+    from tasks.normalize.transform import normalize_rows
+
+    dense = np.ascontiguousarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+    if not dense.flags.writeable:  # a read-only map: torch wants a writable buffer
+        dense = dense.copy()
+    mean = torch.tensor(stats.mean, dtype=torch.float32) if stats.method == "standard" else None
+    std = torch.tensor(stats.std, dtype=torch.float32) if stats.method == "standard" else None
+    out = normalize_rows(torch.from_numpy(dense), stats.method, mean, std)
+    return out.numpy()
 
 
 def density(x: Features) -> float:

@@ -325,10 +325,22 @@ def _log_model(
     std = torch.tensor(stats.std, dtype=torch.float32) if stats.std else None
     predictor = EdgeIndexPredictor(gnn, stats.method, mean, std).eval()
     x, edge_index = _example_inputs(node_data, snapshot)
+    return log_predictor(predictor, x, edge_index, registered)
+
+
+def log_predictor(predictor: EdgeIndexPredictor, x: torch.Tensor, edge_index: torch.Tensor,
+                  registered: str | None) -> tuple[str | None, str | None]:
+    """Log ``predictor`` to the active MLflow run as the model ``model`` (``torch.export``, pt2),
+    with ``(x, edge_index)`` as its input example and signature, and register it as
+    ``registered`` (``None``: not registered). Returns ``(model uri, registered version)``.
+
+    Load it back with ``mlflow.pytorch.load_model(uri)`` and call it as ``model(x, edge_index)``
+    (a pt2 model has no pyfunc flavor).
+    """
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, x.shape[1]), "x"),
                        TensorSpec(np.dtype(np.int64), (2, -1), "edge_index")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, gnn.spec.out_dim), "logits")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, predictor.gnn.spec.out_dim), "logits")]),
     )
     import torch_geometric
 

@@ -5,11 +5,11 @@ batch's rows and their CSR segments are a handful of contiguous slices of memory
 assembling a batch reads only those slices and is vectorized over nodes and edges (the only Python
 loop is over the batch's clusters).
 
-Adjacency normalizations (``kind``):
-
-- ``gcn``: ``D^-1/2 (A + I) D^-1/2`` with ``D`` the degree in the (sub)graph plus one, as
-  ``GCNConv`` computes it (Kipf & Welling 2017);
-- ``sage``: ``A`` with unit weights; ``SAGEConv``'s mean aggregation divides by the degree.
+The adjacency's weights are the model's choice (:class:`AdjacencyNorm`, picked by the model
+registry in :mod:`tasks.train.model`); this module only builds the structure and evaluates
+:func:`edge_weights`, the one implementation of every normalization, also used by the exported
+predictor on an ``edge_index``. Degrees are those of the (sub)graph the adjacency covers: the
+batch's induced subgraph in training, the full graph in layer-wise inference.
 """
 
 from __future__ import annotations
@@ -22,9 +22,71 @@ import numpy as np
 import torch
 
 from storage.arrays import ClusterGraph, CSRRows
-from storage.snapshot import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
+from storage.snapshot import SPLIT_TRAIN
 
-Kind = Literal["gcn", "sage"]
+
+
+@dataclass(frozen=True)
+class AdjacencyNorm:
+    """The weights of the adjacency a model's propagation multiplies by (``d_i``: node ``i``'s
+    number of neighbours, self-loop excluded).
+
+    - ``sym``: ``D^-1/2 (A + I) D^-1/2`` with ``D = diag(d + 1)``, as ``GCNConv`` computes it
+      (Kipf & Welling 2017); symmetric.
+    - ``mean``: ``D^-1 A`` (no self-loop): the mean over neighbours, ``SAGEConv``'s aggregation;
+      a node without neighbours gets zeros.
+    - ``row``: ``A' = (D + I)^-1 (A + I)``, then ``A' + diag_lambda * diag(A')``: the
+      Cluster-GCN paper's diagonal enhancement for deep GCNs (Chiang et al. 2019, sec. 3.3);
+      not symmetric.
+    - ``ones``: ``A + I`` with unit weights: the structure only, for layers that weight their
+      neighbours themselves (attention).
+    """
+
+    scheme: Literal["sym", "mean", "row", "ones"]
+    diag_lambda: float = 0.0
+
+    @property
+    def self_loops(self) -> bool:
+        """Whether the adjacency has a diagonal entry for every node."""
+        return self.scheme != "mean"
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether a square adjacency of an undirected graph stays symmetric (its transpose is itself)."""
+        return self.scheme in ("sym", "ones")
+
+
+def edge_weights(norm: AdjacencyNorm, row: torch.Tensor, col: torch.Tensor, deg_row: torch.Tensor,
+                 deg_col: torch.Tensor) -> torch.Tensor:
+    """The float32 weight of each adjacency entry ``(row[e], col[e])`` under ``norm``.
+
+    Args:
+        norm: the normalization (see :class:`AdjacencyNorm`).
+        row, col: the entries' target and source node ids (int64, any common numbering; an entry
+            with ``row == col`` is the self-loop).
+        deg_row, deg_col: the number of neighbours (self-loop excluded) of each entry's target and
+            source node, in the graph the adjacency covers.
+
+    Works on the CPU arrays of a batch or row block and inside the exported predictor alike
+    (plain tensor operations, no data-dependent shapes).
+    """
+    if norm.scheme == "ones":
+        return torch.ones(row.shape, dtype=torch.float32)
+    if norm.scheme == "mean":
+        return 1.0 / deg_row.to(torch.float32).clamp(min=1.0)
+    if norm.scheme == "sym":
+        return torch.rsqrt(deg_row.to(torch.float32) + 1.0) * torch.rsqrt(deg_col.to(torch.float32) + 1.0)
+    if norm.scheme == "row":
+        w = 1.0 / (deg_row.to(torch.float32) + 1.0)
+        return w * (1.0 + norm.diag_lambda * (row == col).to(torch.float32))
+    raise ValueError(f"unknown adjacency normalization {norm.scheme!r}")
+
+
+def _weights_np(norm: AdjacencyNorm, row: np.ndarray, col: np.ndarray, deg_row: np.ndarray,
+                deg_col: np.ndarray) -> np.ndarray:
+    """:func:`edge_weights` on numpy arrays (no copies in or out)."""
+    t = (torch.from_numpy(np.ascontiguousarray(a)) for a in (row, col, deg_row, deg_col))
+    return edge_weights(norm, *t).numpy()
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
@@ -120,37 +182,31 @@ def add_self_loops_csr(crow: np.ndarray, col: np.ndarray, num_rows: int, offset:
     return crow + np.arange(num_rows + 1), out
 
 
-def gcn_values(crow: np.ndarray, col: np.ndarray, deg_rows: np.ndarray, deg_cols: np.ndarray) -> np.ndarray:
-    """``1 / sqrt(deg_rows[r] * deg_cols[c])`` for each entry (degrees already include the self-loop)."""
-    dinv_rows = 1.0 / np.sqrt(deg_rows.astype(np.float32))
-    dinv_cols = 1.0 / np.sqrt(deg_cols.astype(np.float32))
-    row = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
-    return (dinv_rows[row] * dinv_cols[col]).astype(np.float32)
-
-
 def sparse_csr(crow: np.ndarray, col: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """A sparse CSR tensor over the given numpy arrays (no copy, no invariant check)."""
     return torch.sparse_csr_tensor(
         torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(values), size=shape, check_invariants=False
     )
 
 
-def normalized_adjacency_arrays(crow: np.ndarray, col: np.ndarray, kind: Kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(crow, col, values)`` of the square batch adjacency for ``kind`` (see the module docstring)."""
-    if kind == "sage":
-        return crow, col, np.ones(len(col), dtype=np.float32)
+def normalized_adjacency_arrays(crow: np.ndarray, col: np.ndarray, norm: AdjacencyNorm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(crow, col, values)`` of the square batch adjacency under ``norm`` (self-loops added when
+    ``norm`` has them; degrees are the batch subgraph's)."""
     n = len(crow) - 1
-    deg = np.diff(crow) + 1
-    crow2, col2 = add_self_loops_csr(crow, col, n)
-    return crow2, col2, gcn_values(crow2, col2, deg, deg)
+    deg = np.diff(crow)
+    if norm.self_loops:
+        crow, col = add_self_loops_csr(crow, col, n)
+    row = np.repeat(np.arange(n, dtype=np.int64), np.diff(crow))
+    return crow, col, _weights_np(norm, row, col, deg[row], deg[col])
 
 
-def normalized_adjacency(crow: np.ndarray, col: np.ndarray, kind: Kind) -> torch.Tensor:
-    """The square batch adjacency for ``kind`` as a sparse CSR tensor."""
+def normalized_adjacency(crow: np.ndarray, col: np.ndarray, norm: AdjacencyNorm) -> torch.Tensor:
+    """The square batch adjacency under ``norm`` as a sparse CSR tensor."""
     n = len(crow) - 1
-    return sparse_csr(*normalized_adjacency_arrays(crow, col, kind), (n, n))
+    return sparse_csr(*normalized_adjacency_arrays(crow, col, norm), (n, n))
 
 
-def batch_arrays(graph: ClusterGraph, clusters: np.ndarray, kind: Kind) -> dict[str, np.ndarray | int]:
+def batch_arrays(graph: ClusterGraph, clusters: np.ndarray, norm: AdjacencyNorm) -> dict[str, np.ndarray | int]:
     """The batch of ``clusters`` as plain numpy arrays (what a worker process sends back):
     ``nodes``, ``x`` (dense features) or ``x_crow``/``x_col``/``x_val``/``x_dim`` (sparse
     features, CSR), ``y``, ``train_mask``, the normalized adjacency's ``crow``/``col``/``values``
@@ -165,12 +221,13 @@ def batch_arrays(graph: ClusterGraph, clusters: np.ndarray, kind: Kind) -> dict[
     else:
         x = np.concatenate([np.asarray(graph.x[a:b]) for a, b in ranges])
         feats = {"x": np.ascontiguousarray(x, dtype=np.float32)}
-    acrow, acol, values = normalized_adjacency_arrays(crow, col, kind)
+    acrow, acol, values = normalized_adjacency_arrays(crow, col, norm)
     return {"nodes": nodes, **feats, "y": y.astype(np.int64, copy=False),
             "train_mask": split == SPLIT_TRAIN, "crow": acrow, "col": acol, "values": values, "num_edges": len(col)}
 
 
 def batch_from_arrays(a: dict[str, np.ndarray | int]) -> Batch:
+    """The :class:`Batch` of the arrays :func:`batch_arrays` returned (tensors over them, no copy)."""
     n = len(a["nodes"])
     if "x_crow" in a:
         x = sparse_csr(a["x_crow"], a["x_col"], a["x_val"], (n, int(a["x_dim"])))
@@ -186,16 +243,16 @@ def batch_from_arrays(a: dict[str, np.ndarray | int]) -> Batch:
     )
 
 
-def build_batch(graph: ClusterGraph, clusters: np.ndarray, kind: Kind) -> Batch:
-    """Assemble the batch of ``clusters``: node data, train mask and normalized adjacency."""
-    return batch_from_arrays(batch_arrays(graph, clusters, kind))
+def build_batch(graph: ClusterGraph, clusters: np.ndarray, norm: AdjacencyNorm) -> Batch:
+    """Assemble the batch of ``clusters``: node data, train mask and the adjacency normalized by
+    ``norm`` (the model's :attr:`~tasks.train.model.ModelSpec.adjacency`)."""
+    return batch_from_arrays(batch_arrays(graph, clusters, norm))
 
 
 @dataclass
 class RowBlock:
-    """Rows ``[start, stop)`` of the full graph's normalized adjacency (all neighbours), as CSR
-    with global column ids, sorted within each row: ``D^-1/2 (A+I) D^-1/2`` with full-graph
-    degrees for ``gcn``, ``D^-1 A`` (mean over neighbours) for ``sage``."""
+    """Rows ``[start, stop)`` of the full graph's normalized adjacency (all neighbours, full-graph
+    degrees), as CSR with global column ids, sorted within each row."""
 
     start: int
     stop: int
@@ -204,27 +261,24 @@ class RowBlock:
     values: np.ndarray
 
 
-def gcn_inverse_sqrt_degrees(graph: ClusterGraph) -> np.ndarray:
-    """``1 / sqrt(degree + 1)`` of every node (float32): the full graph's GCN normalization."""
-    return (1.0 / np.sqrt(np.diff(np.asarray(graph.indptr)) + 1.0)).astype(np.float32)
+def graph_degrees(graph: ClusterGraph) -> np.ndarray:
+    """Every node's number of neighbours in the full graph (float32, self-loop excluded)."""
+    return np.diff(np.asarray(graph.indptr)).astype(np.float32)
 
 
-def row_block(graph: ClusterGraph, start: int, stop: int, kind: Kind, dinv: np.ndarray | None = None) -> RowBlock:
-    """The full-graph adjacency rows ``[start, stop)``; ``dinv``: :func:`gcn_inverse_sqrt_degrees`
-    (computed once per pass by the caller; computed here when not given)."""
+def row_block(graph: ClusterGraph, start: int, stop: int, norm: AdjacencyNorm, deg: np.ndarray | None = None) -> RowBlock:
+    """The full-graph adjacency rows ``[start, stop)`` under ``norm``; ``deg``:
+    :func:`graph_degrees` (computed once per pass by the caller; computed here when not given)."""
     ptr = np.asarray(graph.indptr[start : stop + 1]).astype(np.int64)
     cols = np.asarray(graph.indices[ptr[0] : ptr[-1]]).astype(np.int64)
     crow = ptr - ptr[0]
     n = stop - start
-    row = np.repeat(np.arange(n, dtype=np.int64), np.diff(crow))
-    if kind == "sage":
-        inv_deg = 1.0 / np.maximum(np.diff(crow), 1).astype(np.float32)
-        return RowBlock(start, stop, crow, cols, inv_deg[row])
-    if dinv is None:
-        dinv = gcn_inverse_sqrt_degrees(graph)
-    crow2, col2 = add_self_loops_csr(crow, cols, n, offset=start)
-    row2 = np.repeat(np.arange(n, dtype=np.int64), np.diff(crow2))
-    return RowBlock(start, stop, crow2, col2, dinv[start:stop][row2] * dinv[col2])
+    if deg is None:
+        deg = graph_degrees(graph)
+    if norm.self_loops:
+        crow, cols = add_self_loops_csr(crow, cols, n, offset=start)
+    row = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(crow))
+    return RowBlock(start, stop, crow, cols, _weights_np(norm, row, cols, deg[row], deg[cols]))
 
 
 def block_bounds(graph: ClusterGraph, target_nodes: int) -> list[tuple[int, int]]:
@@ -237,7 +291,3 @@ def block_bounds(graph: ClusterGraph, target_nodes: int) -> list[tuple[int, int]
             bounds.append((start, ptr[c]))
             start = ptr[c]
     return bounds
-
-
-def split_masks(split: np.ndarray) -> dict[str, np.ndarray]:
-    return {"train": split == SPLIT_TRAIN, "val": split == SPLIT_VAL, "test": split == SPLIT_TEST}

@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,35 +36,18 @@ from storage.fingerprint import fingerprint_value
 from storage.locks import checkpoint_lock
 from storage.snapshot import SPLIT_TRAIN
 from storage.store import NodeDataRef, Store
-from tasks.train.batching import Batch, Kind, batch_arrays, batch_from_arrays, build_batch, epoch_batches
+from tasks.train.batching import AdjacencyNorm as Kind, Batch, batch_arrays, batch_from_arrays, build_batch, epoch_batches
 from tasks.config import PipelineConfig, TrainConfig
 from tasks.errors import InputError
-from tasks.evaluate.evaluate import predict_full_graph, split_metrics
+from tasks.evaluate.inference import predict_full_graph
+from tasks.evaluate.metrics import split_metrics
 from tasks.train.model import GNN, MODEL_FILE, ModelSpec, load_checkpoint, plain_checkpoint, resolve_device
+from tasks.train.records import TrainResult
 
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 _NOT_IN_KEY = {"device", "prefetch", "resume", "loader_workers"}
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """A finished training run: where its weights are and how it went."""
-
-    checkpoint_dir: str
-    key: str
-    spec: dict
-    num_classes: int
-    clusters_per_batch: int
-    best_epoch: int
-    best_val_acc: float
-    epochs_run: int
-    resumed_from_epoch: int
-    device: str
-    seconds: float
-    batch_wait_fraction: float
-    warm_started: bool = False
 
 
 def resolve_clusters_per_batch(graph: ClusterGraph, config: TrainConfig) -> int:
@@ -224,9 +206,7 @@ def _warm_start(model: GNN, spec: ModelSpec, path: str) -> bool:
     """Load weights saved by an earlier run if they fit ``spec``; say why not otherwise."""
     saved = load_checkpoint(path)
     old = ModelSpec(**saved["spec"])
-    if (old.kind, old.in_dim, old.hidden, old.out_dim, old.num_layers, old.input_shift) != (
-        spec.kind, spec.in_dim, spec.hidden, spec.out_dim, spec.num_layers, spec.input_shift
-    ):
+    if not spec.same_architecture(old):
         log.info("train: not warm-starting from %s: its model %s differs from %s (feature layout or settings changed)",
                  path, saved["spec"], spec.to_dict())
         return False
@@ -316,7 +296,7 @@ def train_cluster_gcn(
     num_classes = num_classes_of(graph, config)
     q = resolve_clusters_per_batch(graph, tc)
     spec = ModelSpec(tc.model, graph.num_features, tc.hidden, num_classes, tc.num_layers, tc.dropout,
-                     input_shift=graph.x_shift is not None)
+                     input_shift=graph.x_shift is not None, heads=tc.heads, diag_lambda=tc.diag_lambda)
     key = checkpoint_key(node_data, tc, init_from)
     ckpt_dir = Store(config.store).checkpoint_dir(config.data.name, key)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +324,7 @@ def train_cluster_gcn(
         spec.kind, graph.num_nodes, graph.num_parts, q, num_classes, device,
     )
     workers = resolve_loader_workers(tc, device)
-    loader = WorkerLoader(node_data, spec.kind, workers, tc.prefetch) if workers else None
+    loader = WorkerLoader(node_data, spec.adjacency, workers, tc.prefetch) if workers else None
     if workers:
         log.info("train: %d batch-assembly processes", workers)
     try:
@@ -354,7 +334,7 @@ def train_cluster_gcn(
             t0 = time.perf_counter()
             rng = np.random.default_rng([tc.seed, epoch])
             order = epoch_batches(graph.num_parts, q, rng)
-            batches = loader.epoch(order) if loader is not None else Prefetcher(graph, order, spec.kind, tc.prefetch)
+            batches = loader.epoch(order) if loader is not None else Prefetcher(graph, order, spec.adjacency, tc.prefetch)
             metrics = train_epoch(model, optimizer, batches, device, f"epoch {epoch}/{tc.epochs}" if progress else None)
             metrics["epoch_seconds"] = time.perf_counter() - t0
             metrics["batch_wait_seconds"] = batches.wait_seconds
@@ -362,7 +342,7 @@ def train_cluster_gcn(
             train_total += metrics["epoch_seconds"]
             if epoch % tc.eval_every == 0 or epoch == tc.epochs:
                 t1 = time.perf_counter()
-                pred = predict_full_graph(model, graph, device, scratch_dir=ckpt_dir, progress=progress)
+                pred = predict_full_graph(model, graph, device, scratch_dir=ckpt_dir)
                 sm = split_metrics(pred, np.asarray(graph.y), split, num_classes)
                 metrics.update(train_acc=sm.acc["train"], val_acc=sm.acc["val"], eval_seconds=time.perf_counter() - t1)
                 val = sm.acc["val"] if not np.isnan(sm.acc["val"]) else sm.acc["train"]

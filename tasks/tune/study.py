@@ -39,7 +39,8 @@ from tasks.track import tracking as track_mod
 from tasks.config import NormalizeConfig, PipelineConfig, load_config
 from tasks.errors import InputError
 from tasks.tune.tuned import BEST_YAML
-from tasks.evaluate.evaluate import predict_full_graph, split_metrics
+from tasks.evaluate.inference import predict_full_graph
+from tasks.evaluate.metrics import split_metrics
 from tasks.train.model import load_trained, resolve_device
 from tasks.train.loop import resolve_clusters_per_batch, train_cluster_gcn
 
