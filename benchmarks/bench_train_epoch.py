@@ -27,7 +27,7 @@ on the full graph after the same number of epochs (PyG: one full-batch forward; 
 
 Target (issue): graphpipe >= 2x faster per epoch.
 
-    .venv/bin/python benchmarks/bench_train_epoch.py [--smoke] [--record] [--epochs 8] [--threads N] [--profile]
+    .venv/bin/python benchmarks/bench_train_epoch.py [--smoke] [--record] [--epochs 8] [--threads N] [--profile] [--before DIR]
 """
 
 from __future__ import annotations
@@ -183,8 +183,11 @@ class GraphpipeSide:
 
         from storage.arrays import ClusterGraph
         from tasks.train.batching import build_batch, epoch_batches
-        from tasks.evaluate.inference import infer_full_graph
-        from tasks.evaluate.metrics import split_metrics
+        try:
+            from tasks.evaluate.inference import infer_full_graph
+            from tasks.evaluate.metrics import split_metrics
+        except ImportError:  # a --before checkout from before issue 10
+            from tasks.evaluate.evaluate import infer_full_graph, split_metrics
         from tasks.train.model import GNN, ModelSpec
         from tasks.train.loop import Prefetcher, train_epoch
 
@@ -203,6 +206,7 @@ class GraphpipeSide:
         torch.manual_seed(SEED)
         spec = ModelSpec("gcn", self.graph.num_features, p["hidden"], self.num_classes, 2, p["dropout"])
         self.model = GNN(spec)
+        self.adjacency = getattr(spec, "adjacency", "gcn")  # a --before checkout names the adjacency "gcn"
         self.opt = torch.optim.Adam(self.model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
         self.device = torch.device("cpu")
         self.epochs = 0
@@ -216,7 +220,7 @@ class GraphpipeSide:
 
     def epoch(self) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
-        pf = self.Prefetcher(self.graph, self._batches(self.epochs + 1), self.model.spec.adjacency, self.p["prefetch"])
+        pf = self.Prefetcher(self.graph, self._batches(self.epochs + 1), self.adjacency, self.p["prefetch"])
         self.train_epoch(self.model, self.opt, pf, self.device)
         self.epochs += 1
         return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "wait_s": pf.wait_seconds}
@@ -225,14 +229,14 @@ class GraphpipeSide:
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
         opt_state = self.opt.state_dict()
         t0 = time.perf_counter()
-        built = [self.build_batch(self.graph, c, self.model.spec.adjacency) for c in self._batches(999)]
+        built = [self.build_batch(self.graph, c, self.adjacency) for c in self._batches(999)]
         loader_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.train_epoch(self.model, self.opt, built, self.device)
         compute_s = time.perf_counter() - t0
         if profile:
             _torch_profile(lambda: self.train_epoch(self.model, self.opt, built, self.device), "graphpipe")
-            _cprofile(lambda: [self.build_batch(self.graph, c, self.model.spec.adjacency) for c in self._batches(998)], "build_batch")
+            _cprofile(lambda: [self.build_batch(self.graph, c, self.adjacency) for c in self._batches(998)], "build_batch")
         del built
         self.model.load_state_dict(state)
         self.opt.load_state_dict(opt_state)
@@ -249,11 +253,13 @@ def side_prepare(p: dict) -> dict:
     return {"refs": B.prepared(Path(p["workdir"]), p["nodes"], p["avg_degree"], p["features"], num_parts=p["parts"])}
 
 
-SIDES = {"pyg": PygSide, "graphpipe": GraphpipeSide}
+SIDES = {"pyg": PygSide, "graphpipe": GraphpipeSide, "before": GraphpipeSide}
 
 
 def child(side: str, params: str) -> None:
     p = json.loads(params)
+    if side == "before":  # graphpipe's code from another checkout (--before), imported first
+        sys.path.insert(0, p["before"])
     if side == "prepare":
         return B.emit(side_prepare(p))
     s = SIDES[side](p)
@@ -306,6 +312,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (0 = torch's default; --smoke: 1)")
     ap.add_argument("--prefetch", type=int, default=2, help="graphpipe's Prefetcher depth (train.prefetch)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler of one epoch per side, cProfile of build_batch")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="also run graphpipe's side from this checkout (e.g. the code before a change), interleaved")
     args = ap.parse_args()
     if args.side:
         return child(args.side, args.params)
@@ -324,6 +332,9 @@ def main() -> None:
     params = {"refs": prep["refs"], "q": q, "hidden": 128, "dropout": 0.5, "lr": 0.01,
               "weight_decay": 5e-4, "threads": threads, "prefetch": args.prefetch}
     names = ["graphpipe", "pyg"]
+    if args.before:
+        params["before"] = str(args.before.resolve())
+        names.append("before")
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rep in range(repeats):
         order = names if rep % 2 == 0 else names[::-1]
@@ -362,6 +373,13 @@ def main() -> None:
            f"{pg['test_acc']:.4f} / {g['test_acc']:.4f}",
            f"{pg['loader_s']:.2f} / {pg['compute_s']:.2f}; {g['loader_s']:.2f} / {g['compute_s']:.2f}"]
     B.say(B.table(header, [row]))
+    if args.before:
+        bf = best["before"]
+        ratio = B.median([a / b for r_b, r_g in zip(runs["before"], runs["graphpipe"])
+                          for a, b in zip(r_b["epoch_times"], r_g["epoch_times"])])
+        B.say(f"  before ({args.before}): {bf['median_s']:.2f} s/epoch median, speedup vs PyG "
+              f"{pg['median_s'] / bf['median_s']:.2f}x; this code vs before: {ratio:.2f}x (median of paired epochs, "
+              f"> 1 = faster now); test acc {bf['test_acc']:.4f}")
     if args.record:
         B.record("train_epoch", "bench_train_epoch: Cluster-GCN epoch, graphpipe vs PyG ClusterLoader + GCNConv",
                  header, [row])
