@@ -50,7 +50,7 @@ accuracy, the difference graphpipe - full batch in points, and "met" when
 ``|difference| <= 2`` points or graphpipe is better (target: within 2 points of full batch), plus
 the per-seed values, best epochs and seconds.
 
-    .venv/bin/python benchmarks/bench_accuracy.py [--smoke] [--record] [--datasets cora,citeseer] [--seeds 0,1,2] [--epochs N] [--threads N]
+    .venv/bin/python benchmarks/bench_accuracy.py [--smoke] [--record] [--datasets cora,citeseer] [--seeds 0,1,2] [--epochs N] [--threads N] [--set train.KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
@@ -87,12 +89,13 @@ def curve(vals: list[float], points: int = 10) -> str:
     return ", ".join(f"e{e} {vals[e - 1]:.3f}" for e in range(step, len(vals) + 1, step))
 
 
-def dataset_config(name: str, store: str, seed: int, epochs: int | None, workdir: str):
-    """The project's default config for one dataset and seed (``epochs``: only to override)."""
+def dataset_config(name: str, store: str, seed: int, epochs: int | None, workdir: str, train: dict | None = None):
+    """The project's default config for one dataset and seed (``epochs``: only to override;
+    ``train``: other ``train.*`` settings to override, from ``--set``)."""
     from tasks.config import PipelineConfig
 
     sections = {"store": store, **D.graph_inputs(name, Path(workdir)), "partition": {"seed": seed},
-                "train": {"seed": seed} if epochs is None else {"seed": seed, "epochs": epochs}}
+                "train": {"seed": seed, **(train or {})} if epochs is None else {"seed": seed, "epochs": epochs, **(train or {})}}
     if name in GENERATED_SPLIT:
         sections["split"] = {**sections["split"], "seed": seed}
     return PipelineConfig.model_validate(sections)
@@ -115,7 +118,7 @@ def side_graphpipe(p: dict) -> dict:
     _setup_torch(p["threads"])
     runs = []
     for seed in p["seeds"]:
-        cfg = dataset_config(p["dataset"], p["store"], seed, p["epochs"], p["workdir"])
+        cfg = dataset_config(p["dataset"], p["store"], seed, p["epochs"], p["workdir"], p.get("train"))
         t0 = B.timer()
         snap, feats, part, nd = prepare_graph(cfg)
         prep_s = B.timer() - t0
@@ -302,6 +305,9 @@ def main() -> None:
                     help="torch threads per side (default 1: steadier and faster on the loaded 2-core machine; "
                          "0 = torch's default)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary stores (under WORKDIR/accuracy)")
+    ap.add_argument("--set", dest="train_set", action="append", default=[], metavar="train.KEY=VALUE",
+                    help="a train setting of graphpipe's side (repeatable), e.g. --set train.model=gat or "
+                         "--set train.num_layers=4 --set train.diag_lambda=1; the full-batch side stays a 2-layer GCN")
     args = ap.parse_args()
     if args.side:
         return child(args.side, args.params)
@@ -315,6 +321,12 @@ def main() -> None:
         if name not in D.GENERATED and not (DATA / name).is_dir():
             sys.exit(f"dataset folder missing: {DATA / name}")
     epochs = args.epochs or (5 if args.smoke else None)
+    train_set = {}
+    for item in args.train_set:
+        key, _, value = item.partition("=")
+        if not key.startswith("train.") or not value:
+            sys.exit(f"--set {item}: expected train.KEY=VALUE")
+        train_set[key[len("train."):]] = yaml.safe_load(value)
     fb_epochs = args.fullbatch_epochs or (5 if args.smoke else 1000)
     from tasks.config import TrainConfig  # pydantic only: the defaults both sides share
 
@@ -341,7 +353,8 @@ def main() -> None:
             # the stages once (cached in the store), then graphpipe's training and the two full-batch
             # runs at the same time, each in its own process: on this loaded machine one after the
             # other did not fit in an afternoon (accuracy does not depend on the order)
-            gp_params = {**common, "epochs": epochs, "store": store, "workdir": str(args.workdir / "defaults")}
+            gp_params = {**common, "epochs": epochs, "store": store, "workdir": str(args.workdir / "defaults"),
+                         "train": train_set}
             B.say(f"  {name}: data preparation, then graphpipe and full batch on raw and normalized features "
                   f"({len(seeds)} seeds) at once ...")
             prepared = B.run_side(__file__, "graphpipe", {**gp_params, "prep_only": True})["runs"]
@@ -374,7 +387,7 @@ def main() -> None:
         B.say(f"  {name}: graphpipe {pct(g_mean)} ± {pct(g_sd)}, full batch {pct(f_mean)} ± {pct(f_sd)} ({chosen}; "
               f"raw / normalized {both}), difference {diff:+.2f} points: {verdict}")
         rows.append([B.today(), B.machine(), f"`{B.command_line()}`",
-                     f"{name} ({'/'.join(f'{s:,}' for s in sizes)}"
+                     f"{name}{''.join(f' train.{k}={v}' for k, v in train_set.items())} ({'/'.join(f'{s:,}' for s in sizes)}"
                      f"{', generated per seed' if name in GENERATED_SPLIT else ', public'}; {gp[0]['normalization']}; "
                      f"{gp[0]['num_parts']} parts, {gp[0]['clusters_per_batch']} per batch)",
                      f"{pct(g_mean)} ± {pct(g_sd)}", f"{pct(f_mean)} ± {pct(f_sd)} ({chosen})", both,

@@ -202,7 +202,6 @@ class GNN(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        self.kind = MODELS[spec.kind]
         dims = [spec.in_dim] + [spec.hidden] * (spec.num_layers - 1) + [spec.out_dim]
         last = spec.num_layers - 1
         self.convs = nn.ModuleList(
@@ -218,7 +217,13 @@ class GNN(nn.Module):
         self.input_shift.copy_(torch.as_tensor(shift, dtype=torch.float32))
 
     @property
+    def kind(self) -> ModelKind:
+        """This model's registry entry (:data:`MODELS`)."""
+        return MODELS[self.spec.kind]
+
+    @property
     def num_layers(self) -> int:
+        """The number of graph convolutions."""
         return len(self.convs)
 
     @property
