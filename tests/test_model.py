@@ -279,3 +279,24 @@ def test_model_options_are_validated():
         ModelSpec("sage", 2, 8, 3, 2, 0.0, diag_lambda=1.0)
     with pytest.raises(ValueError, match="unknown model"):
         ModelSpec("gin", 2, 8, 3, 2, 0.0)
+    from tasks.config import load_config
+    from tasks.errors import InputError
+
+    with pytest.raises(InputError, match="diag_lambda"):
+        load_config(None, ["train.model=sage", "train.diag_lambda=1"])
+    with pytest.raises(InputError, match="multiple of train.heads"):
+        load_config(None, ["train.model=gat", "train.heads=3"])
+    assert load_config(None, ["train.model=gat", "train.heads=4"]).train.heads == 4
+
+
+def test_spec_from_config_keeps_old_checkpoints_comparable():
+    """A gcn spec built from the config equals the spec saved before heads/diag_lambda existed,
+    so warm starts from an earlier champion still fit."""
+    from tasks.config import TrainConfig
+
+    old = ModelSpec(**{"kind": "gcn", "in_dim": 5, "hidden": 128, "out_dim": 3, "num_layers": 2, "dropout": 0.5,
+                       "input_shift": False})
+    assert ModelSpec.from_config(TrainConfig(), 5, 3).same_architecture(old)
+    assert not ModelSpec.from_config(TrainConfig(diag_lambda=1.0), 5, 3).same_architecture(old)
+    gat = ModelSpec.from_config(TrainConfig(model="gat", heads=4), 5, 3)
+    assert (gat.kind, gat.heads) == ("gat", 4)

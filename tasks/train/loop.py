@@ -295,8 +295,7 @@ def train_cluster_gcn(
     device = resolve_device(tc.device)
     num_classes = num_classes_of(graph, config)
     q = resolve_clusters_per_batch(graph, tc)
-    spec = ModelSpec(tc.model, graph.num_features, tc.hidden, num_classes, tc.num_layers, tc.dropout,
-                     input_shift=graph.x_shift is not None, heads=tc.heads, diag_lambda=tc.diag_lambda)
+    spec = ModelSpec.from_config(tc, graph.num_features, num_classes, input_shift=graph.x_shift is not None)
     key = checkpoint_key(node_data, tc, init_from)
     ckpt_dir = Store(config.store).checkpoint_dir(config.data.name, key)
     ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,15 @@ class ModelSpec:
         if self.kind == "gat" and (self.heads < 1 or self.hidden % self.heads):
             raise ValueError(f"gat: hidden={self.hidden} must be a multiple of heads={self.heads}")
 
+    @classmethod
+    def from_config(cls, config: Any, in_dim: int, out_dim: int, input_shift: bool = False) -> ModelSpec:
+        """The spec of the model ``config`` (a :class:`~tasks.config.TrainConfig`) describes, for
+        ``in_dim`` features and ``out_dim`` classes: the training loop builds its model here, so a
+        model's options go from the config to the model without passing through the loop."""
+        heads = config.heads if config.model == "gat" else 1  # other models have no heads: weights stay comparable
+        return cls(config.model, in_dim, config.hidden, out_dim, config.num_layers, config.dropout,
+                   input_shift=input_shift, heads=heads, diag_lambda=config.diag_lambda)
+
     def to_dict(self) -> dict:
         """The spec as plain data (saved in checkpoints)."""
         return asdict(self)
