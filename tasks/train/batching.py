@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,37 +56,37 @@ class AdjacencyNorm:
         return self.scheme in ("sym", "ones")
 
 
-def edge_weights(norm: AdjacencyNorm, row: torch.Tensor, col: torch.Tensor, deg_row: torch.Tensor,
-                 deg_col: torch.Tensor) -> torch.Tensor:
-    """The float32 weight of each adjacency entry ``(row[e], col[e])`` under ``norm``.
+def edge_weights(norm: AdjacencyNorm, row, col, deg_row, deg_col, xp: Any = np):
+    """The weight of each adjacency entry ``(row[e], col[e])`` under ``norm``.
 
     Args:
         norm: the normalization (see :class:`AdjacencyNorm`).
-        row, col: the entries' target and source node ids (int64, any common numbering; an entry
-            with ``row == col`` is the self-loop).
-        deg_row, deg_col: the number of neighbours (self-loop excluded) of each entry's target and
-            source node, in the graph the adjacency covers.
+        row, col: the entries' target and source node ids (any common numbering; an entry with
+            ``row == col`` is the self-loop).
+        deg_row, deg_col: float32 number of neighbours (self-loop excluded) of each entry's
+            target and source node, in the graph the adjacency covers.
+        xp: the array module of the arguments: ``numpy`` (batches and row blocks) or ``torch``
+            (the exported predictor); the same arithmetic either way.
 
-    Works on the CPU arrays of a batch or row block and inside the exported predictor alike
-    (plain tensor operations, no data-dependent shapes).
+    Plain element-wise operations without data-dependent shapes, so ``torch.export`` can trace
+    the torch form. NumPy may return float64 for ``row``: cast with ``astype(float32)``.
     """
     if norm.scheme == "ones":
-        return torch.ones(row.shape, dtype=torch.float32)
+        return deg_row * 0 + 1
     if norm.scheme == "mean":
-        return 1.0 / deg_row.to(torch.float32).clamp(min=1.0)
+        return 1.0 / (deg_row + (deg_row == 0))  # no neighbours: weight unused, no division by zero
     if norm.scheme == "sym":
-        return torch.rsqrt(deg_row.to(torch.float32) + 1.0) * torch.rsqrt(deg_col.to(torch.float32) + 1.0)
+        return 1.0 / xp.sqrt((deg_row + 1) * (deg_col + 1))
     if norm.scheme == "row":
-        w = 1.0 / (deg_row.to(torch.float32) + 1.0)
-        return w * (1.0 + norm.diag_lambda * (row == col).to(torch.float32))
+        return (1.0 + norm.diag_lambda * (row == col)) / (deg_row + 1)
     raise ValueError(f"unknown adjacency normalization {norm.scheme!r}")
 
 
-def _weights_np(norm: AdjacencyNorm, row: np.ndarray, col: np.ndarray, deg_row: np.ndarray,
-                deg_col: np.ndarray) -> np.ndarray:
-    """:func:`edge_weights` on numpy arrays (no copies in or out)."""
-    t = (torch.from_numpy(np.ascontiguousarray(a)) for a in (row, col, deg_row, deg_col))
-    return edge_weights(norm, *t).numpy()
+def _weights_np(norm: AdjacencyNorm, row: np.ndarray, col: np.ndarray, deg: np.ndarray) -> np.ndarray:
+    """:func:`edge_weights` of the entries ``(row, col)`` as float32, ``deg`` per node."""
+    deg = deg.astype(np.float32, copy=False)
+    return np.asarray(edge_weights(norm, row, col, deg[row], deg[col]), dtype=np.float32)
+
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
@@ -197,7 +197,7 @@ def normalized_adjacency_arrays(crow: np.ndarray, col: np.ndarray, norm: Adjacen
     if norm.self_loops:
         crow, col = add_self_loops_csr(crow, col, n)
     row = np.repeat(np.arange(n, dtype=np.int64), np.diff(crow))
-    return crow, col, _weights_np(norm, row, col, deg[row], deg[col])
+    return crow, col, _weights_np(norm, row, col, deg)
 
 
 def normalized_adjacency(crow: np.ndarray, col: np.ndarray, norm: AdjacencyNorm) -> torch.Tensor:
@@ -278,7 +278,7 @@ def row_block(graph: ClusterGraph, start: int, stop: int, norm: AdjacencyNorm, d
     if norm.self_loops:
         crow, cols = add_self_loops_csr(crow, cols, n, offset=start)
     row = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(crow))
-    return RowBlock(start, stop, crow, cols, _weights_np(norm, row, cols, deg[row], deg[cols]))
+    return RowBlock(start, stop, crow, cols, _weights_np(norm, row, cols, deg))
 
 
 def block_bounds(graph: ClusterGraph, target_nodes: int) -> list[tuple[int, int]]:

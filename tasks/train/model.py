@@ -183,7 +183,7 @@ class EdgeAdjacency:
         if norm.self_loops:
             loop = torch.arange(num_nodes, dtype=edge_index.dtype, device=edge_index.device)
             src, dst = torch.cat([src, loop]), torch.cat([dst, loop])
-        weight = edge_weights(norm, dst, src, deg[dst], deg[src]).to(deg.device)
+        weight = edge_weights(norm, dst, src, deg[dst], deg[src], xp=torch).to(torch.float32)
         return cls(torch.stack([src, dst]), weight, num_nodes)
 
 
