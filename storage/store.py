@@ -261,6 +261,47 @@ class Store:
     def predictions_dir(self, name: str, fingerprint: str) -> Path:
         return self.graph_dir(name) / "predictions" / fingerprint
 
+    # -- stage outputs (storage.outputs) ----------------------------------------------------
+    def output(self, graph: str, kind: str, key: str):
+        """The stage output ``kind`` (``snapshot``, ``features``, ``partition``, ``node_data``,
+        ``evaluation``, ``predictions``) of ``graph`` with ``key``: see :mod:`storage.outputs`."""
+        from storage.outputs import Output
+
+        return Output(self, graph, kind, key)
+
+    def publish(self, output, *, params: dict[str, Any], inputs: dict[str, Any], replace: bool = False):
+        """Publish ``output`` atomically with its manifest (a context manager yielding a
+        :class:`storage.outputs.Writer`); see :func:`storage.outputs.publish`."""
+        from storage.outputs import publish
+
+        return publish(output, params=params, inputs=inputs, replace=replace)
+
+    def open(self, location: str | os.PathLike):
+        """The :class:`storage.outputs.Output` at ``location``, a path a stage reference recorded."""
+        from storage.outputs import as_output
+
+        return as_output(self, location)
+
+    # -- small mutable objects (checkpoints, hand-offs, pointers) -----------------------------
+    def object_path(self, graph: str, *parts: str) -> Path:
+        """Where object ``parts`` of ``graph`` lives (for messages and tags; I/O goes through
+        :meth:`put_object` / :meth:`get_object`)."""
+        if not parts or any(not p or p.startswith(".") or "/" in p or "\\" in p for p in parts):
+            raise ValueError(f"{parts!r} is not a valid object name in the store")
+        return self.graph_dir(graph).joinpath(*parts)
+
+    def put_object(self, graph: str, *parts: str, data: bytes) -> None:
+        """Write (or replace) object ``parts`` of ``graph`` atomically: readers see the old
+        bytes or the new ones, never a mix."""
+        write_bytes(self.object_path(graph, *parts), data)
+
+    def get_object(self, graph: str, *parts: str) -> bytes | None:
+        """The bytes of object ``parts`` of ``graph``, or ``None`` when there is none."""
+        try:
+            return self.object_path(graph, *parts).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def tuned_dir(self, name: str) -> Path:
         """``graphpipe tune``'s output: ``best.yaml`` (the best config found), ``best.json`` (its
         scores and trial), ``study.db`` (the Optuna study, so a tune resumes)."""
