@@ -236,6 +236,8 @@ def main() -> None:
     B.add_common_args(ap)
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 10; --smoke 2)")
     ap.add_argument("--eval-every", type=int, default=None, help="full-graph validation every N epochs (default 5)")
+    ap.add_argument("--nodes", type=int, default=None,
+                    help="scale the graph to this many nodes (Amazon2M's degree, classes, features; docs/scale.md)")
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--keep", action="store_true", help="keep the store (default: deleted after the run)")
@@ -249,6 +251,8 @@ def main() -> None:
         return
 
     graph = SMOKE if args.smoke else AMAZON2M
+    if args.nodes and not args.smoke:
+        graph = {**graph, "nodes": args.nodes}
     epochs = args.epochs or (2 if args.smoke else 10)
     eval_every = args.eval_every or (1 if args.smoke else 5)
     key = B.graph_key(graph["nodes"], graph["avg_degree"], graph["features"]) + f"-c{graph['classes']}"
