@@ -214,7 +214,7 @@ def test_every_format_holds_the_same_edges_and_is_read_by_pyarrow(tmp_path):
 
 
 def test_every_format_is_read_by_the_ingest_reader(tmp_path):
-    from tasks.ingest.readers import edge_format, read_edge_file
+    from tasks.ingest.edges import edge_format, read_edge_file
 
     reference = None
     for fmt in FORMATS:
