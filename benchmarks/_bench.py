@@ -488,13 +488,8 @@ def prepared(workdir: Path, num_nodes: int, avg_degree: float, num_features: int
 
 
 def node_data_ref(refs: dict[str, Any]):
+    """The node data reference in the refs of :func:`prepared` (a JSON-able dict, as children get it)."""
     from storage.store import NodeDataRef, PartitionRef
 
     nd = refs["node_data"]
     return NodeDataRef(path=nd["path"], fingerprint=nd["fingerprint"], partition=PartitionRef(**nd["partition"]))
-
-
-def snapshot_ref(refs: dict[str, Any]):
-    from storage.store import SnapshotRef
-
-    return SnapshotRef(**refs["snapshot"])

@@ -124,14 +124,15 @@ class GeneratorConfig(BaseModel):
             ``max(1, round(N / (1000 * C)))``, i.e. communities of about 1000 nodes.
         p_intra: probability that an edge's target is drawn inside its source's community
             (homophily: about ``p_intra + (1 - p_intra) / C`` of edges join same-class nodes
-            before label noise; the share of edges METIS cuts at ~1500-node clusters is about
-            ``2 * (1 - p_intra)``).
+            before label noise). It also sets how clusterable the graph is: METIS cuts 20% of
+            the edges at ~1500-node clusters at 0.9, 55% at 0.5 (``docs/generator.md``).
         degree_exponent: ``γ`` of the power-law expected-degree weights ``p(θ) ∝ θ^-γ``,
             ``θ ∈ [1, sqrt(N)]``; must be > 1 (real graphs: 2 to 3.5; the default 3.0 gives a
             fitted tail exponent of about 3.1).
         feature_signal: ``s``, length of the class centroid in the features, against
-            ``N(0, I_d)`` noise: it sets how much the features alone classify (see
-            ``docs/generator.md``).
+            ``N(0, I_d)`` noise. The default 1.75 gives, at the other defaults, about 58% test
+            accuracy for a logistic regression on features alone against about 95% for a 2-layer
+            GCN (the ceiling set by 5% label noise is 95.5%); see ``docs/generator.md``.
         label_noise: probability that a node's label is replaced by a uniformly random class;
             caps any model's accuracy at ``1 - label_noise * (C - 1) / C`` (0.955 at the defaults).
         split: ``(train, val)`` probabilities of each node's split; the rest is test.
