@@ -61,10 +61,12 @@ class EdgeColumns:
 
     @property
     def rows(self) -> int:
+        """Edge rows read (duplicates and self-loops included)."""
         return len(self.src)
 
     @property
     def is_int(self) -> bool:
+        """Whether the ids are integers (``int64``) rather than strings."""
         return pa.types.is_integer(self.src.type)
 
 
@@ -131,9 +133,28 @@ def read_edge_file(
     strict: bool = False,
     progress: bool = False,
 ) -> EdgeColumns:
-    """Read one edge file's endpoint columns; ``as_string`` keeps text ids as strings (string node ids).
+    """Read one edge file's endpoint columns.
 
-    ``strict``: integer ids with a stray non-integer are an InputError (no node table to check against).
+    Args:
+        path: the file (``.gz``: gzip).
+        fmt: ``parquet``, ``csv``, ``tsv`` or ``whitespace`` (see :func:`edge_format`).
+        src_column, dst_column: the endpoint columns (``data.src_column``/``data.dst_column``);
+            ``None``: detected by :func:`choose_edge_columns`.
+        as_string: keep text ids as strings (the node table's ids are strings).
+        strict: integer ids with a stray non-integer are an InputError (there is no node table
+            to check the ids against).
+        progress: log the rows read after each block at INFO on this module's logger.
+
+    Returns:
+        both columns, ``int64`` or both ``large_string`` (an integer column beside a string one
+        is cast to strings), every row of the file (duplicates and self-loops included).
+
+    Raises:
+        InputError: unreadable or damaged file, no edge rows, missing columns, a bad id (with
+            its row and column).
+
+    Caveat: the whole file is held in memory as Arrow columns (two ids per row); a CSV/TSV file
+    whose ids turn out not to be integers is read a second time as strings.
     """
     try:
         if fmt == "parquet":
