@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from flows import quiet_errors, stages
 from flows.startup import apply_startup_limit
 from storage.evaluation import predictions_location
-from storage.store import NodeDataRef, PartitionRef, Store
+from storage.store import NodeDataRef, PartitionRef, Store, output_at
 from tasks.config import PipelineConfig, load_config, redact_uri
 from tasks.tune.tuned import apply_tuned, tuned_config_path
 
@@ -95,7 +95,7 @@ def _train_and_track(cfg: PipelineConfig, store: Store, snapshot, train_on: str 
         "snapshot": snapshot.path,
         "partition": partition.path,
         "metrics": evaluation.metrics,
-        "predictions": predictions_location(store.open(evaluation.path)),
+        "predictions": predictions_location(output_at(evaluation.path)),
         "mlflow": {
             "tracking_uri": redact_uri(run.tracking_uri),
             "experiment_id": run.experiment_id,

@@ -29,7 +29,7 @@ from storage.arrays import ClusterGraph, CSRRows, Mapping, release_pages, scratc
 from storage.evaluation import read_metrics, write_evaluation
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TEST, read_node_ids
-from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store
+from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store, output_at
 from tasks.train.batching import RowBlock, block_bounds, gcn_inverse_sqrt_degrees, row_block, sparse_csr, split_masks
 from tasks.train.model import GNN, load_trained, resolve_device
 
@@ -315,7 +315,7 @@ def evaluate_model(
         train_result: the finished training (its checkpoint).
         node_data: the node data it was trained on (scored in full).
         snapshot: the snapshot, for the user's node ids.
-        store: the store holding the inputs and receiving the output.
+        store: the store receiving the output (inputs are read where their references point).
         device: ``train.device`` (``auto``, ``cpu``, ``cuda``).
         seed: seeds the node sample of the embedding plot (``train.seed``).
         embedding_nodes: the sample's size (``track.embedding_plot_nodes``).
@@ -357,7 +357,7 @@ def evaluate_model(
     order[perm] = np.arange(n)
     graph.release()
     predictions = pa.table({
-        "node_id": read_node_ids(store.open(snapshot.path)),
+        "node_id": read_node_ids(output_at(snapshot.path)),
         "prediction": pa.array(pred[order]),
         "confidence": pa.array(confidence[order]),
         "label": pa.array(y[order].astype(np.int32)),
