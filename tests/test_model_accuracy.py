@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.store import Store
 from tasks.config import DataConfig, PipelineConfig
 from tasks.evaluate.evaluate import evaluate_model
 from tasks.prepare import prepare_graph
@@ -22,7 +23,7 @@ def _run(tmp_path: Path, name: str, **train) -> dict[str, float]:
     )
     prepared = prepare_graph(cfg)
     trained = train_cluster_gcn(prepared.node_data, cfg)
-    return evaluate_model(trained, prepared.node_data, prepared.snapshot, cfg).metrics
+    return evaluate_model(trained, prepared.node_data, prepared.snapshot, Store(cfg.store), device="cpu").metrics
 
 
 def test_cora_with_gat(tmp_path):

@@ -16,12 +16,12 @@ when the block is computed, an intermediate layer's output (N x hidden) goes to 
 scratch buffer when a scratch directory is given, and the graph's and the buffer's pages are
 released after every block (see :mod:`storage.arrays`). The last layer is handed out block by
 block (:func:`iter_full_graph`), so callers keep only what they need (predictions, confidences).
-Progress (every 10 s) goes to the ``graphpipe.progress`` logger.
+Progress (blocks done, at most every 10 s) is reported on the ``graphpipe.progress`` logger
+(:mod:`tasks.progress`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import warnings
@@ -33,12 +33,10 @@ import torch
 
 from storage.arrays import ClusterGraph, CSRRows, Mapping, release_pages, scratch_array
 from tasks.train.batching import AdjacencyNorm, RowBlock, block_bounds, graph_degrees, row_block, sparse_csr
+from tasks.progress import Ticker
 from tasks.train.model import GNN, EdgeAdjacency
 
-progress_log = logging.getLogger("graphpipe.progress")
-
 BLOCK_NODES = 20_000
-PROGRESS_SECONDS = 10.0
 
 
 @dataclass
@@ -198,7 +196,8 @@ def iter_full_graph(
     graph.release()
     x_maps = [graph.maps.get(k) for k in ("x", "x_indptr", "x_indices", "x_data")]
     h, h_maps = graph.x, x_maps
-    t0 = last_report = time.perf_counter()
+    t0 = time.perf_counter()
+    ticker = Ticker("full-graph inference blocks", model.num_layers * len(bounds))
     for i in range(model.num_layers):
         last = i == model.num_layers - 1
         src, src_map = _transform_all(model, i, h, h_maps, device, scratch_dir) if model.propagates_linearly else (None, None)
@@ -217,10 +216,8 @@ def iter_full_graph(
                 out[a:b] = y
             graph.release()
             release_pages(*h_maps, src_map, out_map)
-            if time.perf_counter() - last_report >= PROGRESS_SECONDS:
-                last_report = time.perf_counter()
-                progress_log.info("full-graph inference: layer %d/%d, block %d/%d, %.0f s",
-                                  i + 1, model.num_layers, n + 1, len(bounds), last_report - t0)
+            ticker.tick(i * len(bounds) + n + 1, "full-graph inference: layer %d/%d, block %d/%d, %.0f s",
+                        i + 1, model.num_layers, n + 1, len(bounds), time.perf_counter() - t0)
         h, h_maps = out, [out_map]
 
 
