@@ -151,7 +151,7 @@ def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
     batches = epoch_batches(graph.num_parts, q, np.random.default_rng(0))
     nodes = edges = 0
     if p.get("workers"):  # the worker processes a GPU run uses (train.loader_workers)
-        from tasks.train.loop import WorkerLoader
+        from tasks.train.loaders import WorkerLoader
 
         loader = WorkerLoader(nd, cfg.train.model, int(p["workers"]), cfg.train.prefetch)
         try:
@@ -179,6 +179,7 @@ def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
 def side_train(p: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
+    from storage.store import Store
     from tasks.train.loop import train_cluster_gcn
 
     epochs: list[dict[str, float]] = []
@@ -190,7 +191,9 @@ def side_train(p: dict[str, Any]) -> dict[str, Any]:
               + f", peak RSS so far {B.peak_rss_mb():,.0f} MB")
 
     t0 = time.perf_counter()
-    result = train_cluster_gcn(_refs(p)["node_data"], _config(p), on_epoch=on_epoch)
+    cfg = _config(p)
+    result = train_cluster_gcn(_refs(p)["node_data"], cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes,
+                               on_epoch=on_epoch)
     return {"seconds": time.perf_counter() - t0, "result": asdict(result), "epochs": epochs}
 
 
@@ -208,6 +211,7 @@ def side_evaluate(p: dict[str, Any]) -> dict[str, Any]:
 
 def side_track(p: dict[str, Any]) -> dict[str, Any]:
     from flows.stages import lineage_tags, read_history
+    from storage.store import Store
     from tasks.track import tracking as track
     from tasks.evaluate.evaluate import EvaluationRef
     from tasks.normalize.features import load_stats
@@ -218,7 +222,7 @@ def side_track(p: dict[str, Any]) -> dict[str, Any]:
     trained = TrainResult(**p["trained"])
     t0 = time.perf_counter()
     run = track.start_run(cfg, lineage_tags(r["snapshot"], r["features"], r["partition"], r["node_data"]), "amazon2m-bench")
-    history = read_history(trained)
+    history = read_history(trained, Store(cfg.store))
     for h in history:
         track.log_epoch(run, int(h["epoch"]), {k: v for k, v in h.items() if k != "epoch"})
     tracked = track.log_results(run, cfg, snapshot=r["snapshot"], stats=load_stats(r["features"]), node_data=r["node_data"],

@@ -59,6 +59,7 @@ def run_one(name: str, edges: Path, nodes: Path, store: Path, encoding: str, see
     from tasks.ingest.snapshot import ingest_graph
     from tasks.normalize.features import load_stats, normalize_features
     from tasks.partition.partition import layout_node_data, partition_graph
+    from storage.store import Store
     from tasks.train.loop import train_cluster_gcn
 
     method, _, k = encoding.partition(":")
@@ -73,7 +74,7 @@ def run_one(name: str, edges: Path, nodes: Path, store: Path, encoding: str, see
     stats = load_stats(feats)
     nd = layout_node_data(partition_graph(snap, cfg), snap, feats, cfg)
     t0 = time.perf_counter()
-    trained = train_cluster_gcn(nd, cfg)
+    trained = train_cluster_gcn(nd, cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes)
     m = evaluate_model(trained, nd, snap, cfg).metrics
     seconds = (stats.structural or {}).get("seconds", 0.0)
     B.log(f"{name} {encoding} seed {seed}: test {m['test_acc']:.4f} val {m['val_acc']:.4f} (best epoch "

@@ -31,7 +31,7 @@ from tasks.errors import InputError
 if TYPE_CHECKING:  # torch, PyG, MLflow: imported by the tasks that need them (`graphpipe ingest` never does)
     from tasks.track import tracking as track_mod
     from tasks.evaluate.evaluate import EvaluationRef
-    from tasks.train.result import TrainResult
+    from tasks.train.loop import TrainResult
 
 LIBRARY_LOGGERS = ("tasks", "storage")
 
@@ -207,7 +207,7 @@ def train_on_deployment(
     MLflow run's id (:func:`storage.checkpoints.find_result`).
     """
     from storage.checkpoints import find_result
-    from tasks.train.result import TrainResult
+    from tasks.train.loop import TrainResult
 
     logger = get_run_logger()
     logger.info("training on deployment %s", deployment)

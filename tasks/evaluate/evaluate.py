@@ -37,7 +37,7 @@ from tasks.config import PipelineConfig
 from tasks.train.model import GNN, load_trained, resolve_device
 
 if TYPE_CHECKING:
-    from tasks.train.loop import TrainResult
+    from tasks.train.result import TrainResult
 
 log = logging.getLogger(__name__)
 
