@@ -211,7 +211,6 @@ def side_evaluate(p: dict[str, Any]) -> dict[str, Any]:
 
 def side_track(p: dict[str, Any]) -> dict[str, Any]:
     from flows.stages import lineage_tags, read_history
-    from storage.store import Store
     from tasks.track import tracking as track
     from tasks.evaluate.evaluate import EvaluationRef
     from tasks.normalize.features import load_stats
@@ -222,7 +221,7 @@ def side_track(p: dict[str, Any]) -> dict[str, Any]:
     trained = TrainResult(**p["trained"])
     t0 = time.perf_counter()
     run = track.start_run(cfg, lineage_tags(r["snapshot"], r["features"], r["partition"], r["node_data"]), "amazon2m-bench")
-    history = read_history(trained, Store(cfg.store))
+    history = read_history(trained)
     for h in history:
         track.log_epoch(run, int(h["epoch"]), {k: v for k, v in h.items() if k != "epoch"})
     tracked = track.log_results(run, cfg, snapshot=r["snapshot"], stats=load_stats(r["features"]), node_data=r["node_data"],

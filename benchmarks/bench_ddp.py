@@ -8,6 +8,8 @@ Sides, each in its own process (alternating order, ``--repeats`` each):
 
 - ``w1``: ``tasks.train.loop.train_cluster_gcn`` with ``train.world_size=1`` (one process, torch's
   threads = all cores);
+- ``w1t``: the same with torch's threads = cores / 2, the threads each rank of ``w2`` gets (on a
+  shared, loaded machine, torch's OpenMP threads can lose more to contention than they gain);
 - ``w2``: the same with ``train.world_size=2``: two spawned ranks (gloo on 127.0.0.1, each with
   cores / 2 threads), every epoch's batches dealt out to them, gradients averaged by
   ``DistributedDataParallel`` after each step.
@@ -28,6 +30,7 @@ model. The point of ``world_size`` is several GPUs or machines; this benchmark s
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -47,6 +50,10 @@ def side_train(p: dict) -> dict:
     from tasks.config import PipelineConfig
     from tasks.train.loop import train_cluster_gcn
 
+    if p.get("threads"):
+        import torch
+
+        torch.set_num_threads(p["threads"])
     refs = p["refs"]
     store = Path(tempfile.mkdtemp(dir=p["scratch"]))
     epochs: list[dict] = []
@@ -71,6 +78,9 @@ def side_train(p: dict) -> dict:
 
 
 SIDES = {"prepare": side_prepare, "train": side_train}
+HALF = max(1, (os.cpu_count() or 2) // 2)
+SETUPS = {"w1": {"world_size": 1, "threads": 0}, "w1t": {"world_size": 1, "threads": HALF},
+          "w2": {"world_size": 2, "threads": 0}}  # w2's ranks take cores / 2 threads each themselves
 
 
 def main() -> None:
@@ -97,10 +107,10 @@ def main() -> None:
     prep = B.run_side(__file__, "prepare", {"workdir": str(args.workdir), "nodes": n, "parts": parts,
                                             "features": args.features})
     params = {"refs": prep["refs"], "scratch": str(scratch), "epochs": epochs, "q": q}
-    runs: dict[str, list[dict]] = {"w1": [], "w2": []}
-    for side in B.alternate(["w1", "w2"], repeats):
-        r = B.run_side(__file__, "train", {**params, "world_size": int(side[1])})
-        B.say(f"  world_size {side[1]}: epoch {B.median(r['epoch_s'][1:] or r['epoch_s']):.2f} s, whole call "
+    runs: dict[str, list[dict]] = {s: [] for s in SETUPS}
+    for side in B.alternate(list(SETUPS), repeats):
+        r = B.run_side(__file__, "train", {**params, **SETUPS[side]})
+        B.say(f"  {side}: epoch {B.median(r['epoch_s'][1:] or r['epoch_s']):.2f} s, whole call "
               f"{r['seconds']:.1f} s, peak RSS of the process tree {B.fmt_mb(r['peak_tree_mb'])}; load {r['load_start']}")
         runs[side].append(r)
     _report(args, n, parts, q, epochs, runs)
@@ -113,14 +123,15 @@ def _report(args, n: int, parts: int, q: int, epochs: int, runs: dict[str, list[
     def peak(side: str) -> float:
         return max(r["peak_tree_mb"] for r in runs[side])
 
-    header = ["date", "machine (load 1/5/15)", "command", "graph", "world_size", "epoch s (median of epochs 2..)",
+    header = ["date", "machine (load 1/5/15)", "command", "graph", "world_size (torch threads per process)", "epoch s (median of epochs 2..)",
               "whole call s (with start-up)", "final validation s (rank 0)", "peak RSS, process tree",
               "batches per rank", "vs world_size 1: epoch / memory"]
     rows = []
-    for side in ("w1", "w2"):
+    for side in SETUPS:
         last = runs[side][-1]
+        threads = SETUPS[side]["threads"] or (HALF if side == "w2" else os.cpu_count())
         rows.append([B.today(), B.machine(), f"`{B.command_line()}`", f"{n:,} nodes, {parts} parts, {q} per batch, {epochs} epochs",
-                     side[1], B.fmt_s(epoch_s(side)), B.fmt_s(B.median([r["seconds"] for r in runs[side]])),
+                     f"{SETUPS[side]['world_size']} ({threads})", B.fmt_s(epoch_s(side)), B.fmt_s(B.median([r["seconds"] for r in runs[side]])),
                      B.fmt_s(last["eval_s"]), B.fmt_mb(peak(side)), ", ".join(str(b) for b in last["rank_batches"]),
                      f"{epoch_s(side) / epoch_s('w1'):.2f}x / {peak(side) / peak('w1'):.2f}x"])
     B.say(B.table(header, rows))

@@ -290,7 +290,7 @@ def log_run(
     ``notes``: more markdown for the run's artifact (the baseline and the health check)."""
     from tasks.track import tracking as track_mod
 
-    history = read_history(trained, Store(config.store))
+    history = read_history(trained)
     tracked = track_mod.log_results(
         run,
         config,
@@ -310,11 +310,13 @@ def log_run(
     return tracked
 
 
-def read_history(trained: TrainResult, store: Store) -> list[dict[str, Any]]:
-    """The per-epoch metrics of a finished training, from its checkpoint set in ``store``."""
+def read_history(trained: TrainResult, store: Store | None = None) -> list[dict[str, Any]]:
+    """The per-epoch metrics of a finished training, from its checkpoint set (in ``store``, by
+    default the store its ``checkpoint_dir`` is in)."""
     from storage.checkpoints import Checkpoints
 
-    return Checkpoints(store, trained.graph, trained.key).history()
+    ckpt = Checkpoints.at(trained.checkpoint_dir) if store is None else Checkpoints(store, trained.graph, trained.key)
+    return ckpt.history()
 
 
 def lineage_tags(snapshot: SnapshotRef, features: FeaturesRef, partition: PartitionRef, node_data: NodeDataRef) -> dict[str, str]:

@@ -115,6 +115,18 @@ class Checkpoints:
     def _put(self, name: str, obj: dict[str, Any]) -> None:
         self.store.put_object(self.graph, FOLDER, self.key, name, data=torch_bytes(obj))
 
+    @classmethod
+    def at(cls, location: str) -> Checkpoints:
+        """The set at ``location`` (a :attr:`location` recorded in a training result)."""
+        from pathlib import Path
+
+        from storage.store import Store
+
+        p = Path(location)
+        if p.parent.name != FOLDER or p.parent.parent.parent.name != "graphs":
+            raise ValueError(f"{location} is not a checkpoint set of a store")
+        return cls(Store(p.parents[3]), p.parent.parent.name, p.name)
+
     # -- the resumable state ------------------------------------------------------------------
     def last(self) -> dict[str, Any] | None:
         """The state saved after the latest epoch (model, optimizer, RNG, bookkeeping), or None."""
