@@ -39,12 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from storage.atomic import publish_dir, read_json, reserve, write_json
+from storage.atomic import publish_dir, read_json, reserve, write_bytes, write_json
+from storage.manifest import damage, discard, make_manifest, read_manifest, reusable, write_manifest
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from storage.store import Store
 
 #: kind of output -> folder under ``graphs/<name>/``
 KINDS = {
@@ -53,7 +52,6 @@ KINDS = {
     "partition": "partitions",
     "node_data": "node_data",
     "evaluation": "evaluation",
-    "predictions": "predictions",
 }
 
 _SUFFIX = {"array": ".npy", "table": ".parquet", "json": ".json"}
@@ -98,8 +96,6 @@ class Output:
     def damage(self) -> str | None:
         """Why the output is not complete and undamaged (``"missing"``, ``"no manifest.json"``, a
         listed file missing or of the wrong size), or ``None`` when it is. Cheap: no checksums."""
-        from storage.store import damage
-
         return damage(self.path)
 
     def exists(self) -> bool:
@@ -109,20 +105,14 @@ class Output:
     def reusable(self, what: str | None = None) -> bool:
         """True when the output can be reused. One that exists but is incomplete or damaged is
         logged (as ``what``, default the kind), moved aside and deleted: the caller rebuilds it."""
-        from storage.store import reusable
-
         return reusable(self.path, what or self.kind.replace("_", " "))
 
     def discard(self) -> None:
         """Remove the output (moved aside in one step, then deleted)."""
-        from storage.store import discard
-
         discard(self.path)
 
     def manifest(self) -> dict[str, Any]:
         """The output's manifest (parameters, inputs, counts, files, checksums)."""
-        from storage.store import read_manifest
-
         return read_manifest(self.path)
 
     # -- reading ------------------------------------------------------------------------------
@@ -188,9 +178,14 @@ class Writer:
         reserve(path)
         return out
 
-    def json(self, name: str, obj: Any) -> None:
-        """Write JSON document ``name``."""
-        write_json(self._target(name, "json"), obj)
+    def json(self, name: str, obj: Any, compact: bool = False) -> None:
+        """Write JSON document ``name`` (indented; ``compact``: without whitespace, for large ones)."""
+        if compact:
+            import json
+
+            write_bytes(self._target(name, "json"), json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        else:
+            write_json(self._target(name, "json"), obj)
 
     def table(self, name: str, table: pa.Table, **options: Any) -> None:
         """Write Arrow table ``name`` as Parquet (``options`` go to ``pyarrow.parquet.write_table``)."""
@@ -203,6 +198,21 @@ class Writer:
         import shutil
 
         shutil.copyfile(source.local_dir() / file_name(name, form), self._target(name, form))
+
+    @contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A private scratch directory beside the output being written (same file system, so
+        large intermediate files do not land on a small ``/tmp``); removed when the block ends.
+        For files exchanged with a child process (METIS); never part of the output."""
+        import shutil
+        import uuid
+
+        d = self.dir / f".scratch-{uuid.uuid4().hex[:8]}"
+        d.mkdir()
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
     def add_files(self, names: list[str]) -> None:
         """Record files written into :attr:`dir` by storage's own format writers (snapshot tables,
@@ -229,8 +239,6 @@ def publish(output: Output, *, params: dict[str, Any], inputs: dict[str, Any],
     Caveat: on an error nothing is published, the temporary files are removed and the previous
     output (if any) stays in force; a full disk is reported as :class:`storage.atomic.StoreFullError`.
     """
-    from storage.store import make_manifest, write_manifest
-
     with publish_dir(output.path, replace=replace) as tmp:
         writer = Writer(output=output, dir=Path(tmp), params=params, inputs=inputs)
         yield writer
@@ -246,3 +254,4 @@ def as_output(store: Store, location: str | os.PathLike) -> Output:
     if kind is None or p.parent.parent.parent != store.root / "graphs":
         raise ValueError(f"{location} is not a stage output of the store {store.root}")
     return Output(store, graph, kind, key)
+

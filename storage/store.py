@@ -9,12 +9,13 @@
         features/<fingerprint>/      normalized features (.npy) + statistics + manifest.json
         partitions/<fingerprint>/    METIS clusters and the permuted CSR (.npy) + manifest.json
         node_data/<fingerprint>/     features, labels, split in partition order (.npy) + manifest.json
+        evaluation/<key>/            metrics, predictions (Parquet), confusion matrix, embedding sample
         checkpoints/<key>/           training checkpoints (last.pt, best.pt)
         tuned/                       best.yaml + best.json from `graphpipe tune`, study.db (Optuna)
-        predictions/<fingerprint>/   scored nodes (Parquet) + manifest.json
 
-Every directory is published whole (see :mod:`storage.atomic`); a directory with a
-``manifest.json`` is complete. The manifest records each file's size and checksum: a reused output
+Stage outputs are read and published through :mod:`storage.outputs` (:meth:`Store.output`,
+:meth:`Store.publish`); manifests are :mod:`storage.manifest`'s. Every directory is published whole
+(see :mod:`storage.atomic`); a directory with a ``manifest.json`` is complete. The manifest records each file's size and checksum: a reused output
 whose sizes do not match is treated as missing and rebuilt (:func:`reusable`), and
 ``graphpipe verify`` checks every checksum (:mod:`storage.verify`). A run holds the graph's lock
 (``.lock``, :mod:`storage.locks`) while it writes. Fingerprints cover the inputs' content and the parameters, so a
@@ -27,21 +28,26 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
-import subprocess
-import uuid
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from storage.atomic import read_json, write_bytes, write_json
-from storage.fingerprint import fingerprint_file
+from storage.manifest import (  # noqa: F401  (re-exported: the store's manifest functions)
+    FORMAT_VERSION,
+    MANIFEST,
+    code_version,
+    damage,
+    discard,
+    is_complete,
+    make_manifest,
+    read_manifest,
+    reusable,
+    verify_directory,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -84,150 +90,15 @@ class NodeDataRef:
     reused: bool = field(default=False, compare=False)
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """The package version, plus the git commit when run from a checkout."""
-    from importlib import metadata
+@dataclass(frozen=True)
+class EvaluationRef:
+    """The evaluation of a trained model on the full graph: its metrics, and where its outputs
+    (predictions, confusion matrix, embedding sample: :mod:`storage.evaluation`) are."""
 
-    try:
-        version = metadata.version("graphpipe")
-    except metadata.PackageNotFoundError:
-        version = "0+unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{version}+{sha}" if sha else version
-
-
-def make_manifest(
-    kind: str,
-    fingerprint: str,
-    *,
-    params: dict[str, Any],
-    inputs: dict[str, Any],
-    counts: dict[str, Any],
-    files: list[str],
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "fingerprint": fingerprint,
-        "params": params,
-        "inputs": inputs,
-        "counts": counts,
-        "files": sorted(files),
-        "code_version": code_version(),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        **(extra or {}),
-    }
-
-
-def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Write the manifest last: its presence marks the directory complete.
-
-    Adds ``checksums``: each listed regular file's size and content checksum
-    (:func:`storage.fingerprint.fingerprint_file`, SHA-256), so that damage done after publishing
-    is found: sizes on every read (:func:`damage`), contents by :func:`verify_directory`
-    (``graphpipe verify``).
-    """
-    d = Path(directory)
-    checksums = {}
-    for name in manifest.get("files", []):
-        f = d / name
-        if f.is_file():
-            checksums[name] = {"size": f.stat().st_size, "sha256": fingerprint_file(f)}
-    write_json(d / MANIFEST, {**manifest, "checksums": checksums})
-
-
-def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    return read_json(Path(directory) / MANIFEST)
-
-
-def damage(directory: str | os.PathLike) -> str | None:
-    """Why ``directory`` is not a complete, undamaged output (``None`` if it is), checking only
-    what is cheap: the manifest, that every listed file exists, and each file's size against the
-    size recorded at publish time."""
-    d = Path(directory)
-    if not d.is_dir():
-        return "missing"
-    if not (d / MANIFEST).is_file():
-        return "no manifest.json (incomplete)"
-    try:
-        manifest = read_manifest(d)
-    except (OSError, ValueError) as e:
-        return f"unreadable manifest.json ({e})"
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        return f"manifest.json has format version {manifest.get('format_version') if isinstance(manifest, dict) else '?'}, not {FORMAT_VERSION}"
-    sums = manifest.get("checksums") or {}
-    for name in manifest.get("files", []):
-        f = d / name
-        if not f.exists():
-            return f"{name} is missing"
-        want = sums.get(name, {}).get("size")
-        if want is not None:
-            size = f.stat().st_size
-            if size != want:
-                return f"{name} has {size} bytes, the manifest says {want}"
-    return None
-
-
-def is_complete(directory: str | os.PathLike) -> bool:
-    return damage(directory) is None
-
-
-def verify_directory(directory: str | os.PathLike) -> tuple[str, str]:
-    """Full check of a published directory: ``("ok" | "damaged" | "unverified", detail)``.
-    Every file's size and checksum against the manifest; ``unverified`` for outputs published
-    before checksums were recorded (complete, but their content cannot be checked)."""
-    d = Path(directory)
-    why = damage(d)
-    if why is not None:
-        return "damaged", why
-    manifest = read_manifest(d)
-    sums = manifest.get("checksums")
-    if not sums:
-        return "unverified", "published without checksums: sizes and contents cannot be checked"
-    bad = []
-    for name, want in sorted(sums.items()):
-        got = fingerprint_file(d / name)
-        if got != want.get("sha256"):
-            bad.append(f"{name} checksum {got} != {want.get('sha256')}")
-    if bad:
-        return "damaged", "; ".join(bad)
-    return "ok", f"{len(sums)} files"
-
-
-def reusable(directory: str | os.PathLike, what: str = "output") -> bool:
-    """True when ``directory`` is a complete, undamaged output a stage can reuse. If it exists but
-    is incomplete or damaged (size check, :func:`damage`), it is treated as missing: logged with
-    the reason, moved aside and deleted, so the stage builds and publishes it again."""
-    d = Path(directory)
-    why = damage(d)
-    if why is None:
-        return True
-    if why != "missing" and d.exists():
-        log.warning("%s %s is damaged or incomplete (%s): rebuilding it", what, d, why)
-        discard(d)
-    return False
-
-
-def discard(directory: str | os.PathLike) -> None:
-    """Remove a published directory: renamed aside first (one atomic step), then deleted."""
-    d = Path(directory)
-    aside = d.parent / f".{d.name}.damaged-{uuid.uuid4().hex[:12]}"
-    try:
-        d.rename(aside)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(aside, ignore_errors=True)
+    path: str
+    metrics: dict[str, float]
+    key: str = ""
+    reused: bool = field(default=False, compare=False)
 
 
 class Store:
@@ -244,27 +115,28 @@ class Store:
         return self.root / "graphs" / name
 
     def snapshot_dir(self, name: str, fingerprint: str) -> Path:
-        return self.graph_dir(name) / "snapshots" / fingerprint
+        """Where snapshot ``fingerprint`` of graph ``name`` lives (stages use :meth:`output`)."""
+        return self.output(name, "snapshot", fingerprint).path
 
     def features_dir(self, name: str, fingerprint: str) -> Path:
-        return self.graph_dir(name) / "features" / fingerprint
+        """Where normalized features ``fingerprint`` live (stages use :meth:`output`)."""
+        return self.output(name, "features", fingerprint).path
 
     def partition_dir(self, name: str, fingerprint: str) -> Path:
-        return self.graph_dir(name) / "partitions" / fingerprint
+        """Where partition ``fingerprint`` lives (stages use :meth:`output`)."""
+        return self.output(name, "partition", fingerprint).path
 
     def node_data_dir(self, name: str, fingerprint: str) -> Path:
-        return self.graph_dir(name) / "node_data" / fingerprint
+        """Where node data ``fingerprint`` lives (stages use :meth:`output`)."""
+        return self.output(name, "node_data", fingerprint).path
 
     def checkpoint_dir(self, name: str, key: str) -> Path:
         return self.graph_dir(name) / "checkpoints" / key
 
-    def predictions_dir(self, name: str, fingerprint: str) -> Path:
-        return self.graph_dir(name) / "predictions" / fingerprint
-
     # -- stage outputs (storage.outputs) ----------------------------------------------------
     def output(self, graph: str, kind: str, key: str):
         """The stage output ``kind`` (``snapshot``, ``features``, ``partition``, ``node_data``,
-        ``evaluation``, ``predictions``) of ``graph`` with ``key``: see :mod:`storage.outputs`."""
+        ``evaluation``) of ``graph`` with ``key``: see :mod:`storage.outputs`."""
         from storage.outputs import Output
 
         return Output(self, graph, kind, key)
@@ -345,3 +217,15 @@ class Store:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def output_at(location):
+    """The :class:`storage.outputs.Output` at ``location``, a path a stage reference recorded
+    (``<store>/graphs/<graph>/<kind folder>/<key>``), its store found from the path itself; an
+    ``Output`` is returned as it is. ValueError for a path that is not a stage output."""
+    from storage.outputs import Output
+
+    if isinstance(location, Output):
+        return location
+    p = Path(location).expanduser().resolve()
+    return Store(p.parent.parent.parent.parent).open(p)

@@ -260,7 +260,7 @@ class PipelineConfig(_Section):
     track: TrackConfig = Field(default_factory=TrackConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
-    progress: bool = False
+    progress: bool = False  # show the stages' progress (the graphpipe.progress logger); --progress wins
     # how long a run waits for another run of the same graph to release the store's lock
     lock_timeout_seconds: float = Field(default=600.0, ge=0)
 
@@ -304,7 +304,7 @@ def _read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int]]
     if not p.is_file():
         raise InputError(f"{p}: config file not found")
     if p.suffix.lower() not in (".toml", ".yaml", ".yml", ".json"):
-        raise InputError(f"{p}: config must be .yaml, .yml, .toml or .json")
+        raise InputError(f"{p}: config must be a .yaml, .yml, .toml or .json file")
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:

@@ -1,4 +1,5 @@
-"""Progress reporting: one logger and one switch; Prefect progress artifacts in flow runs."""
+"""Progress: one logger (``graphpipe.progress``), one switch, one precedence rule (the command line's
+``--progress`` > the config's ``progress`` > off); Prefect progress artifacts in flow runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import logging
 import pytest
 
 from flows import progress as flow_progress
+from flows.cli import build_config, parser
+from flows.stages import show_progress
+from storage.store import Store
 from tasks import progress
+from tasks.partition.partition import partition_graph
+from tests.test_partition import TWO_TRIANGLES, make_config, make_snapshot
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +106,42 @@ def test_progress_artifact_in_a_flow_run(prefect_harness):
     assert arts, "no progress artifact"
     assert arts[-1].type == "progress"
     assert float(arts[-1].data) == 100.0
+
+
+@pytest.mark.parametrize(("in_file", "argv", "expected"), [
+    (None, [], False),
+    ("progress: true\n", [], True),
+    ("progress: false\n", ["--progress"], True),
+    (None, ["--set", "progress=false", "--progress"], True),
+    (None, ["--progress", "--set", "progress=false"], True),
+    ("progress: true\n", ["--set", "progress=false"], False),
+])
+def test_the_flag_beats_the_config_which_beats_off(tmp_path, in_file, argv, expected):
+    extra = []
+    if in_file is not None:
+        (tmp_path / "c.yaml").write_text(in_file)
+        extra = ["--config", str(tmp_path / "c.yaml")]
+    args = parser().parse_args(["partition", "--store", str(tmp_path / "s"), "--name", "g", *extra, *argv])
+    assert build_config(args).progress is expected
+
+
+def test_stages_log_progress_on_one_logger_that_the_switch_shows_or_hides(tmp_path):
+    config = make_config(tmp_path, num_parts=2)
+    snap = make_snapshot(config, *TWO_TRIANGLES, 6)
+    shown = Collect()  # what reaches the parent loggers: the terminal and the Prefect run's logs
+    logging.getLogger("graphpipe").addHandler(shown)
+    try:
+        show_progress(False)
+        assert not progress.enabled()
+        partition_graph(snap, config.partition, Store(config.store))
+        assert not [r for r in shown.records if "METIS" in r.getMessage()]
+
+        show_progress(True)
+        assert progress.enabled()
+        other = make_config(tmp_path, num_parts=3)
+        partition_graph(snap, other.partition, Store(other.store))
+        messages = [r.getMessage() for r in shown.records if r.name == "graphpipe.progress"]
+        assert any("METIS running" in m for m in messages)
+        assert any("METIS done in" in m for m in messages)
+    finally:
+        logging.getLogger("graphpipe").removeHandler(shown)

@@ -9,7 +9,7 @@ import torch
 from storage.store import NodeDataRef
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import InputError
-from tasks.partition.partition import load_cluster_graph
+from tasks.partition.layout import load_cluster_graph
 from tasks.prepare import prepare_graph
 from tasks.train.loaders import Prefetcher
 from tasks.train.steps import resolve_clusters_per_batch, train_epoch
