@@ -34,7 +34,7 @@ from tasks.train.batching import RowBlock, block_bounds, gcn_inverse_sqrt_degree
 from tasks.train.model import GNN, load_trained, resolve_device
 
 if TYPE_CHECKING:
-    from tasks.train.loop import TrainResult
+    from tasks.train.result import TrainResult
 
 log = logging.getLogger(__name__)
 PROGRESS = logging.getLogger("graphpipe.progress")
