@@ -77,9 +77,9 @@ def _train_and_track(cfg: PipelineConfig, store: Store, snapshot, train_on: str 
     try:
         init_from = stages.champion_weights(cfg) if cfg.train.warm_start else None
         if train_on:
-            trained = stages.train_on_deployment(train_on, node_data, cfg, run, init_from)
+            trained = stages.train_on_deployment(train_on, node_data, cfg, run, init_from, store=store)
         else:
-            trained = stages.train(node_data, cfg, run, init_from)
+            trained = stages.train(node_data, cfg, run, init_from, store=store)
         evaluation = stages.evaluate(trained, node_data, snapshot, store, device=cfg.train.device,
                                      seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
         base = quality.baseline(node_data, cfg, trained.num_classes, run)

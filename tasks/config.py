@@ -161,6 +161,8 @@ class TrainConfig(_Section):
     at most half the clusters, so that every epoch has at least two batches.
     ``loader_workers``: 0 assembles batches in one background thread, ``prefetch`` ahead; ``n > 0``
     in ``n`` worker processes (PyTorch ``DataLoader``), ``prefetch`` ahead per worker.
+    ``world_size``: data-parallel training processes (``torch.distributed``; gloo on CPU, NCCL on
+    CUDA with one GPU per rank); each epoch's batches are dealt out to them.
     """
 
     # the model registry is tasks/train/model.py (MODELS); gat: PyG GATConv, `heads` heads of
@@ -187,6 +189,7 @@ class TrainConfig(_Section):
     loader_workers: int | Literal["auto"] = Field(default="auto")
     resume: bool = True
     warm_start: bool = False  # start from the registered champion's weights when they fit
+    world_size: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _model_options(self) -> TrainConfig:

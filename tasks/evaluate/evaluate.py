@@ -18,7 +18,7 @@ from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store, output
 from tasks.evaluate.inference import iter_full_graph
 from tasks.evaluate.metrics import confusion_matrix, split_metrics
 from tasks.train.model import load_trained, resolve_device
-from tasks.train.records import TrainResult
+from tasks.train.result import TrainResult
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,8 @@ from tasks.errors import InputError
 from tasks.evaluate.inference import predict_full_graph
 from tasks.evaluate.metrics import split_metrics
 from tasks.train.model import load_trained, resolve_device
-from tasks.train.loop import resolve_clusters_per_batch, train_cluster_gcn
+from tasks.train.loop import train_cluster_gcn
+from tasks.train.steps import resolve_clusters_per_batch
 
 if TYPE_CHECKING:  # optuna is imported where it is used
     import optuna
@@ -279,7 +280,8 @@ def _run_trial(trial: optuna.Trial, tune: _Tune) -> float:
     tune.children.append(child.run_id)
     trial.set_user_attr("mlflow_run_id", child.run_id)
     try:
-        trained = train_cluster_gcn(node_data, cfg, on_epoch=_pruning_callback(trial, child))
+        trained = train_cluster_gcn(node_data, cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes,
+                                    lock_timeout=cfg.lock_timeout_seconds, on_epoch=_pruning_callback(trial, child))
     except optuna.TrialPruned as pruned:
         track_mod.log_tags(child, {"graphpipe.tune_state": "pruned", "graphpipe.tune_pruned": str(pruned)})
         track_mod.end_run(child, "FINISHED")
