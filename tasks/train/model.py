@@ -52,11 +52,13 @@ from torch import nn
 from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 from torch_geometric.utils import scatter
 
+from storage.checkpoints import MODEL as CHECKPOINT_MODEL
+from storage.checkpoints import Checkpoints
 from tasks.errors import InputError, UnsafeFileError
 from tasks.normalize.transform import normalize_rows
 from tasks.train.batching import AdjacencyNorm, edge_weights
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = CHECKPOINT_MODEL  # the finished run's record in a checkpoint set (named by storage.checkpoints)
 
 
 @dataclass(frozen=True)
@@ -440,8 +442,17 @@ def plain_checkpoint(obj: Any) -> Any:
 
 
 def load_trained(checkpoint_dir: str | Path) -> tuple[GNN, dict[str, Any]]:
-    """The best-validation model of a training run (on the CPU, in eval mode) and its record."""
-    saved = load_checkpoint(Path(checkpoint_dir) / MODEL_FILE)
+    """The best-validation model of a training run (on the CPU, in eval mode) and its record.
+
+    Args:
+        checkpoint_dir: the run's checkpoint set (``TrainResult.checkpoint_dir``), read through
+            :class:`storage.checkpoints.Checkpoints` (tensors and plain data only).
+
+    Raises FileNotFoundError when the set holds no finished run.
+    """
+    saved = Checkpoints.at(str(checkpoint_dir)).model()
+    if saved is None:
+        raise FileNotFoundError(f"{checkpoint_dir}: no finished training in this checkpoint set")
     model = GNN(ModelSpec(**saved["spec"]))
     model.load_state_dict(saved["state_dict"])
     model.eval()
