@@ -27,21 +27,26 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
-import subprocess
-import uuid
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from storage.atomic import read_json, write_bytes, write_json
-from storage.fingerprint import fingerprint_file
+from storage.atomic import write_bytes
+from storage.manifest import (  # noqa: F401  (the manifest functions, importable from here as before)
+    FORMAT_VERSION,
+    MANIFEST,
+    code_version,
+    damage,
+    discard,
+    is_complete,
+    make_manifest,
+    read_manifest,
+    reusable,
+    verify_directory,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -84,181 +89,104 @@ class NodeDataRef:
     reused: bool = field(default=False, compare=False)
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """The package version, plus the git commit when run from a checkout."""
-    from importlib import metadata
-
-    try:
-        version = metadata.version("graphpipe")
-    except metadata.PackageNotFoundError:
-        version = "0+unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{version}+{sha}" if sha else version
-
-
-def make_manifest(
-    kind: str,
-    fingerprint: str,
-    *,
-    params: dict[str, Any],
-    inputs: dict[str, Any],
-    counts: dict[str, Any],
-    files: list[str],
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "fingerprint": fingerprint,
-        "params": params,
-        "inputs": inputs,
-        "counts": counts,
-        "files": sorted(files),
-        "code_version": code_version(),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        **(extra or {}),
-    }
-
-
-def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Write the manifest last: its presence marks the directory complete.
-
-    Adds ``checksums``: each listed regular file's size and content checksum
-    (:func:`storage.fingerprint.fingerprint_file`, SHA-256), so that damage done after publishing
-    is found: sizes on every read (:func:`damage`), contents by :func:`verify_directory`
-    (``graphpipe verify``).
-    """
-    d = Path(directory)
-    checksums = {}
-    for name in manifest.get("files", []):
-        f = d / name
-        if f.is_file():
-            checksums[name] = {"size": f.stat().st_size, "sha256": fingerprint_file(f)}
-    write_json(d / MANIFEST, {**manifest, "checksums": checksums})
-
-
-def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    return read_json(Path(directory) / MANIFEST)
-
-
-def damage(directory: str | os.PathLike) -> str | None:
-    """Why ``directory`` is not a complete, undamaged output (``None`` if it is), checking only
-    what is cheap: the manifest, that every listed file exists, and each file's size against the
-    size recorded at publish time."""
-    d = Path(directory)
-    if not d.is_dir():
-        return "missing"
-    if not (d / MANIFEST).is_file():
-        return "no manifest.json (incomplete)"
-    try:
-        manifest = read_manifest(d)
-    except (OSError, ValueError) as e:
-        return f"unreadable manifest.json ({e})"
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        return f"manifest.json has format version {manifest.get('format_version') if isinstance(manifest, dict) else '?'}, not {FORMAT_VERSION}"
-    sums = manifest.get("checksums") or {}
-    for name in manifest.get("files", []):
-        f = d / name
-        if not f.exists():
-            return f"{name} is missing"
-        want = sums.get(name, {}).get("size")
-        if want is not None:
-            size = f.stat().st_size
-            if size != want:
-                return f"{name} has {size} bytes, the manifest says {want}"
-    return None
-
-
-def is_complete(directory: str | os.PathLike) -> bool:
-    return damage(directory) is None
-
-
-def verify_directory(directory: str | os.PathLike) -> tuple[str, str]:
-    """Full check of a published directory: ``("ok" | "damaged" | "unverified", detail)``.
-    Every file's size and checksum against the manifest; ``unverified`` for outputs published
-    before checksums were recorded (complete, but their content cannot be checked)."""
-    d = Path(directory)
-    why = damage(d)
-    if why is not None:
-        return "damaged", why
-    manifest = read_manifest(d)
-    sums = manifest.get("checksums")
-    if not sums:
-        return "unverified", "published without checksums: sizes and contents cannot be checked"
-    bad = []
-    for name, want in sorted(sums.items()):
-        got = fingerprint_file(d / name)
-        if got != want.get("sha256"):
-            bad.append(f"{name} checksum {got} != {want.get('sha256')}")
-    if bad:
-        return "damaged", "; ".join(bad)
-    return "ok", f"{len(sums)} files"
-
-
-def reusable(directory: str | os.PathLike, what: str = "output") -> bool:
-    """True when ``directory`` is a complete, undamaged output a stage can reuse. If it exists but
-    is incomplete or damaged (size check, :func:`damage`), it is treated as missing: logged with
-    the reason, moved aside and deleted, so the stage builds and publishes it again."""
-    d = Path(directory)
-    why = damage(d)
-    if why is None:
-        return True
-    if why != "missing" and d.exists():
-        log.warning("%s %s is damaged or incomplete (%s): rebuilding it", what, d, why)
-        discard(d)
-    return False
-
-
-def discard(directory: str | os.PathLike) -> None:
-    """Remove a published directory: renamed aside first (one atomic step), then deleted."""
-    d = Path(directory)
-    aside = d.parent / f".{d.name}.damaged-{uuid.uuid4().hex[:12]}"
-    try:
-        d.rename(aside)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 class Store:
-    """Paths of one store root (a local directory; shared between workers as a network mount)."""
+    """One store: a local directory, or a URI on object storage (``s3://bucket/prefix``, and the
+    other filesystems pyarrow serves; see :mod:`storage.fs`).
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).expanduser().resolve()
+    Args:
+        root: a local path or a URI. A URI no filesystem here serves is a
+            :class:`storage.fs.StoreLocationError` at once (no network access); call :meth:`check`
+            to also find a missing bucket or refused credentials before work starts.
+        cache_dir: the local cache of a remote store's outputs (:mod:`storage.cache`); default
+            ``$GRAPHPIPE_CACHE_DIR``, else ``~/.cache/graphpipe``. Unused for a local store.
+        cache_max_gb: the cache's size bound (least recently used entries are evicted); default
+            ``$GRAPHPIPE_CACHE_MAX_GB``, else 50.
+
+    On a remote store everything the stages publish (outputs, the current-snapshot pointer,
+    history, objects such as checkpoints) lives in the bucket; :attr:`root` and
+    :meth:`graph_dir` are then a local work directory of this machine inside the cache
+    directory, for what cannot live in a bucket: the graph lock's file (see :meth:`lock`) and
+    Optuna's SQLite study of ``graphpipe tune``.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                 cache_max_gb: float | None = None):
+        from storage.fs import parse_store
+
+        self.location = parse_store(root)
+        self._cache_dir = cache_dir
+        self._cache_max_gb = cache_max_gb
+        if self.location.remote:
+            self.root = self.cache.work_dir(self.location.uri)
+        else:
+            self.root = Path(self.location.base)
+
+    @property
+    def remote(self) -> bool:
+        """True when the store is not a local directory."""
+        return self.location.remote
+
+    @property
+    def uri(self) -> str:
+        """The store's root as given: the URI of a remote store, the local path otherwise."""
+        return self.location.uri
+
+    @property
+    def cache(self):
+        """The local :class:`storage.cache.Cache` of this machine (for a remote store's outputs)."""
+        from storage.cache import Cache
+
+        return Cache.get(self._cache_dir, self._cache_max_gb)
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
+    def check(self) -> None:
+        """One cheap request to a remote store (the bucket exists and answers with these
+        credentials); :class:`storage.fs.StoreLocationError` otherwise. Nothing for a local one."""
+        from storage.fs import check_location
+
+        check_location(self.location)
+
+    def remote_path(self, *parts: str) -> str:
+        """The path of ``parts`` below a remote store's root inside its filesystem."""
+        return self.location.path(*parts)
 
     def graph_dir(self, name: str) -> Path:
-        """``<root>/graphs/<name>``; ValueError for a name that is not one plain folder name, so
+        """``<root>/graphs/<name>`` (on a remote store, this machine's local work directory for
+        the graph); ValueError for a name that is not one plain folder name, so
         that no name (``..``, an absolute path, a NUL) can point outside the store."""
         if not name or name.startswith(".") or any(c in "/\\" or ord(c) < 32 for c in name) or len(name) > 255:
             raise ValueError(f"graph name {name[:100]!r} is not a plain folder name inside the store")
         return self.root / "graphs" / name
 
+    def _local_only(self, what: str) -> None:
+        if self.remote:
+            raise RuntimeError(f"{what}: a local path is asked of the remote store {self.uri}; "
+                               f"use Store.output / put_object instead")
+
     def snapshot_dir(self, name: str, fingerprint: str) -> Path:
+        self._local_only("snapshot_dir")
         return self.graph_dir(name) / "snapshots" / fingerprint
 
     def features_dir(self, name: str, fingerprint: str) -> Path:
+        self._local_only("features_dir")
         return self.graph_dir(name) / "features" / fingerprint
 
     def partition_dir(self, name: str, fingerprint: str) -> Path:
+        self._local_only("partition_dir")
         return self.graph_dir(name) / "partitions" / fingerprint
 
     def node_data_dir(self, name: str, fingerprint: str) -> Path:
+        self._local_only("node_data_dir")
         return self.graph_dir(name) / "node_data" / fingerprint
 
     def checkpoint_dir(self, name: str, key: str) -> Path:
+        self._local_only("checkpoint_dir")
         return self.graph_dir(name) / "checkpoints" / key
 
     def predictions_dir(self, name: str, fingerprint: str) -> Path:
+        self._local_only("predictions_dir")
         return self.graph_dir(name) / "predictions" / fingerprint
 
     # -- stage outputs (storage.outputs) ----------------------------------------------------
@@ -283,24 +211,56 @@ class Store:
         return as_output(self, location)
 
     # -- small mutable objects (checkpoints, hand-offs, pointers) -----------------------------
-    def object_path(self, graph: str, *parts: str) -> Path:
-        """Where object ``parts`` of ``graph`` lives (for messages and tags; I/O goes through
-        :meth:`put_object` / :meth:`get_object`)."""
+    def _object_parts(self, graph: str, parts: tuple[str, ...]) -> tuple[str, ...]:
         if not parts or any(not p or p.startswith(".") or "/" in p or "\\" in p for p in parts):
             raise ValueError(f"{parts!r} is not a valid object name in the store")
-        return self.graph_dir(graph).joinpath(*parts)
+        self.graph_dir(graph)  # validates the graph name
+        return ("graphs", graph, *parts)
+
+    def object_path(self, graph: str, *parts: str) -> Path | str:
+        """Where object ``parts`` of ``graph`` lives (for messages and tags; I/O goes through
+        :meth:`put_object` / :meth:`get_object`): a local path, or a URI on a remote store."""
+        rel = self._object_parts(graph, parts)
+        if self.remote:
+            return self.location.uri_of(self.remote_path(*rel))
+        return self.root.joinpath(*rel)
+
+    def object_location(self, graph: str, *parts: str) -> str:
+        """:meth:`object_path` as a string."""
+        return str(self.object_path(graph, *parts))
 
     def put_object(self, graph: str, *parts: str, data: bytes) -> None:
         """Write (or replace) object ``parts`` of ``graph`` atomically: readers see the old
-        bytes or the new ones, never a mix."""
-        write_bytes(self.object_path(graph, *parts), data)
+        bytes or the new ones, never a mix (one PUT on object storage)."""
+        rel = self._object_parts(graph, parts)
+        if self.remote:
+            from storage import fs
+
+            fs.write_bytes(self.location.fs, self.remote_path(*rel), data)
+            return
+        write_bytes(self.root.joinpath(*rel), data)
 
     def get_object(self, graph: str, *parts: str) -> bytes | None:
         """The bytes of object ``parts`` of ``graph``, or ``None`` when there is none."""
+        rel = self._object_parts(graph, parts)
+        if self.remote:
+            from storage import fs
+
+            return fs.read_bytes(self.location.fs, self.remote_path(*rel))
         try:
-            return self.object_path(graph, *parts).read_bytes()
+            return self.root.joinpath(*rel).read_bytes()
         except FileNotFoundError:
             return None
+
+    def delete_object(self, graph: str, *parts: str) -> None:
+        """Remove object ``parts`` of ``graph`` (nothing when there is none)."""
+        rel = self._object_parts(graph, parts)
+        if self.remote:
+            from storage import fs
+
+            fs.delete_file(self.location.fs, self.remote_path(*rel))
+            return
+        self.root.joinpath(*rel).unlink(missing_ok=True)
 
     def tuned_dir(self, name: str) -> Path:
         """``graphpipe tune``'s output: ``best.yaml`` (the best config found), ``best.json`` (its
@@ -316,11 +276,18 @@ class Store:
 
     # -- the current snapshot -------------------------------------------------------------
     def current_snapshot(self, name: str) -> SnapshotRef | None:
-        pointer = self.graph_dir(name) / "CURRENT.json"
-        if not pointer.is_file():
+        """The graph's current snapshot, or ``None`` when there is none or it is damaged."""
+        raw = self.get_object(name, "CURRENT.json")
+        if raw is None:
             return None
-        ref = SnapshotRef(**read_json(pointer))
-        why = damage(ref.path)
+        ref = SnapshotRef(**json.loads(raw))
+        if self.remote:
+            try:
+                why = self.open(ref.path).damage()
+            except ValueError as e:
+                why = str(e)
+        else:
+            why = damage(ref.path)
         if why is not None:
             log.warning("the current snapshot of graph %r, %s, is damaged or incomplete (%s): ingest it again",
                         name, ref.path, why)
@@ -328,20 +295,23 @@ class Store:
         return ref
 
     def set_current(self, ref: SnapshotRef) -> None:
-        """Point ``CURRENT.json`` at ``ref`` (atomic) and append it to ``history.jsonl``."""
-        gdir = self.graph_dir(ref.name)
+        """Point ``CURRENT.json`` at ``ref`` (replaced in one step) and append it to
+        ``history.jsonl``. Call it only after ``ref``'s output is published (manifest last): a run
+        killed before leaves the previous current snapshot in force."""
         previous = self.current_snapshot(ref.name)
-        write_json(gdir / "CURRENT.json", {k: v for k, v in asdict(ref).items() if k != "reused"})
+        data = {k: v for k, v in asdict(ref).items() if k != "reused"}
+        self.put_object(ref.name, "CURRENT.json",
+                        data=(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
         if previous is None or previous.fingerprint != ref.fingerprint:
             line = json.dumps(
                 {"path": ref.path, "name": ref.name, "fingerprint": ref.fingerprint, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             )
-            history = gdir / "history.jsonl"
-            old = history.read_bytes() if history.exists() else b""
-            write_bytes(history, old + line.encode() + b"\n")
+            old = self.get_object(ref.name, "history.jsonl") or b""
+            self.put_object(ref.name, "history.jsonl", data=old + line.encode() + b"\n")
 
     def history(self, name: str) -> list[dict[str, Any]]:
-        path = self.graph_dir(name) / "history.jsonl"
-        if not path.exists():
+        """Every snapshot ever made current for graph ``name``, oldest first."""
+        raw = self.get_object(name, "history.jsonl")
+        if raw is None:
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]

@@ -1,0 +1,265 @@
+"""The store on object storage, against a real S3-compatible server (moto) on 127.0.0.1.
+
+Storage level first (publish, read back, damage, reuse, a killed upload, the local cache with its
+verification and LRU eviction, URIs that cannot be served), then the whole pipeline on Cora with
+``--store s3://bucket/prefix`` (slow).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from storage import fs as sfs
+from storage.cache import Cache
+from storage.fs import StoreLocationError, parse_store
+from storage.store import SnapshotRef, Store
+
+
+@pytest.fixture
+def store(s3_env, tmp_path):
+    return Store(f"s3://{s3_env}/stores/one", cache_dir=tmp_path / "cache")
+
+
+def _bucket_files(store: Store, under: str = "") -> dict[str, int]:
+    return sfs.list_sizes(store.location.fs, store.remote_path(*([under] if under else [])), recursive=True) or {}
+
+
+def _publish(store: Store, key: str = "k1", n: int = 1000, graph: str = "g", kind: str = "features"):
+    out = store.output(graph, kind, key)
+    x = np.arange(n, dtype=np.float32).reshape(-1, 4)
+    with store.publish(out, params={"n": n}, inputs={}) as w:
+        w.array("x", x)
+        w.json("stats", {"n": n})
+        w.table("t", pa.table({"a": list(range(5))}))
+        w.counts["rows"] = n // 4
+    return out, x
+
+
+# -- where the store lives ------------------------------------------------------------------------
+def test_local_paths_and_file_uris_stay_local(tmp_path):
+    assert Store(tmp_path / "s").root == (tmp_path / "s").resolve()
+    loc = parse_store((tmp_path / "s").as_uri())
+    assert not loc.remote and loc.base == str((tmp_path / "s").resolve())
+
+
+@pytest.mark.parametrize("uri, expect", [
+    ("foo://bucket/x", "not supported"),
+    ("s3://", "no bucket"),
+    ("s3:///prefix", "no bucket"),
+    ("s3://bucket/a/../b", "'..'"),
+    ("s3://bucket/x?endpoint_override=evil", "query strings"),
+])
+def test_unservable_uris_are_one_line_errors(uri, expect, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreLocationError) as e:
+        Store(uri)
+    assert expect in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # never a local folder named "s3:" or "foo:"
+
+
+def test_missing_bucket_is_found_before_work(s3_env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Store(f"s3://{s3_env}/p").check()  # the bucket exists: fine
+    with pytest.raises(StoreLocationError, match="bucket 'no-such-bucket-x' does not exist at http://127.0.0.1"):
+        Store("s3://no-such-bucket-x/p").check()
+    assert not (tmp_path / "s3:").exists()
+
+
+def test_unreachable_endpoint_is_one_line(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on port 9
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with pytest.raises(StoreLocationError) as e:
+        Store("s3://bucket/p").check()
+    assert "cannot reach bucket 'bucket' at http://127.0.0.1:9" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+# -- publish and read back --------------------------------------------------------------------------
+def test_publish_uploads_everything_and_reads_back(store, tmp_path):
+    out, x = _publish(store)
+    assert out.location == f"{store.uri}/graphs/g/features/k1"
+    files = _bucket_files(store, "graphs")
+    assert set(files) == {f"g/features/k1/{f}" for f in ("x.npy", "stats.json", "t.parquet", "manifest.json")}
+    assert out.exists() and out.reusable()
+    assert out.manifest()["counts"] == {"rows": 250}
+    assert out.has("x") and out.has("stats", "json") and not out.has("y")
+    # publishing adopted the staged files as the cache entry: reading needs no download
+    other = Store(store.uri, cache_dir=tmp_path / "cache")
+    assert other.open(out.location) == other.output("g", "features", "k1")
+    np.testing.assert_array_equal(other.open(out.location).array("x"), x)
+    assert str(out.local_dir()).startswith(str(tmp_path / "cache"))
+    # nothing was written on the local disk outside the cache
+    assert not any(p.name == "s3:" for p in tmp_path.rglob("*"))
+
+
+def test_second_worker_fills_its_own_cache_from_the_bucket(store, tmp_path):
+    out, x = _publish(store)
+    worker2 = Store(store.uri, cache_dir=tmp_path / "cache2")
+    o2 = worker2.output("g", "features", "k1")
+    d = o2.local_dir()
+    assert str(d).startswith(str(tmp_path / "cache2"))
+    np.testing.assert_array_equal(o2.array("x"), x)
+    assert o2.json("stats") == {"n": 1000}
+    assert o2.table("t").column("a").to_pylist() == [0, 1, 2, 3, 4]
+    # a later run (a new process: forget what this one handed out) reuses the filled entry
+    Cache.get(tmp_path / "cache2").forget(o2.location)
+    calls = []
+    real = sfs.download_file
+    try:
+        sfs.download_file = lambda *a: calls.append(a) or real(*a)
+        assert o2.local_dir() == d
+    finally:
+        sfs.download_file = real
+    assert calls == []
+
+
+def test_damage_in_the_bucket_is_found_and_rebuilt(store, caplog):
+    out, _ = _publish(store)
+    sfs.write_bytes(store.location.fs, f"{out.remote_path}/x.npy", b"short")
+    assert "x.npy has 5 bytes, the manifest says" in out.damage()
+    assert not out.reusable()
+    assert out.damage() == "missing"  # discarded: the stage rebuilds it
+    _publish(store)
+    assert out.exists()
+
+
+def test_existing_complete_output_is_kept_unless_replaced(store):
+    out, _ = _publish(store)
+    first = out.manifest()["created_at"], out.manifest()["checksums"]
+    _publish(store, n=1000)
+    assert (out.manifest()["created_at"], out.manifest()["checksums"]) == first
+    with store.publish(out, params={}, inputs={}, replace=True) as w:
+        w.array("x", np.zeros(3))
+    assert out.manifest()["files"] == ["x.npy"]
+    assert set(_bucket_files(store, "graphs")) == {"g/features/k1/x.npy", "g/features/k1/manifest.json"}
+    np.testing.assert_array_equal(out.array("x"), np.zeros(3))  # the replaced copy, not the cached old one
+
+
+def test_upload_killed_midway_is_never_trusted_and_current_stays(store, monkeypatch):
+    old, _ = _publish(store, key="old", kind="snapshot")
+    store.set_current(SnapshotRef(path=old.location, name="g", fingerprint="old"))
+    real = sfs.upload_file
+    uploaded = []
+
+    def dying_upload(fs, local, path):
+        if len(uploaded) == 2:
+            raise ConnectionError("killed mid-upload")
+        uploaded.append(path)
+        real(fs, local, path)
+
+    monkeypatch.setattr(sfs, "upload_file", dying_upload)
+    new = store.output("g", "snapshot", "new")
+    with pytest.raises(ConnectionError):
+        with store.publish(new, params={}, inputs={}) as w:
+            w.array("x", np.ones(10))
+            w.array("y", np.ones(10))
+            w.json("z", {})
+        pytest.fail("not reached")  # the with block re-raises
+    monkeypatch.setattr(sfs, "upload_file", real)
+    assert len(_bucket_files(store, "graphs/g/snapshots/new")) == 2  # two data files, no manifest
+    assert new.damage() == "no manifest.json (incomplete)"
+    assert store.current_snapshot("g").fingerprint == "old"
+    assert not new.reusable()  # the leftovers are removed; a later run publishes it whole
+    assert _bucket_files(store, "graphs/g/snapshots/new") == {}
+    assert not list((store.cache.root / "staging").iterdir())  # the local staging copy is gone
+
+
+def test_current_pointer_and_history_live_in_the_bucket(store, tmp_path):
+    a, _ = _publish(store, key="a", kind="snapshot")
+    b, _ = _publish(store, key="b", kind="snapshot")
+    store.set_current(SnapshotRef(path=a.location, name="g", fingerprint="a"))
+    store.set_current(SnapshotRef(path=b.location, name="g", fingerprint="b"))
+    other = Store(store.uri, cache_dir=tmp_path / "elsewhere")
+    assert other.current_snapshot("g") == SnapshotRef(path=b.location, name="g", fingerprint="b")
+    assert [h["fingerprint"] for h in other.history("g")] == ["a", "b"]
+    assert json.loads(sfs.read_bytes(store.location.fs, store.remote_path("graphs", "g", "CURRENT.json")))["fingerprint"] == "b"
+    b.discard()  # the current snapshot damaged: no current snapshot, not a broken one
+    assert other.current_snapshot("g") is None
+
+
+def test_objects_go_straight_to_the_bucket(store):
+    assert store.get_object("g", "checkpoints", "k", "last.pt") is None
+    store.put_object("g", "checkpoints", "k", "last.pt", data=b"abc")
+    assert store.get_object("g", "checkpoints", "k", "last.pt") == b"abc"
+    assert store.object_location("g", "checkpoints", "k", "last.pt") == f"{store.uri}/graphs/g/checkpoints/k/last.pt"
+    assert "graphs/g/checkpoints/k/last.pt" in _bucket_files(store, "")
+    store.delete_object("g", "checkpoints", "k", "last.pt")
+    assert store.get_object("g", "checkpoints", "k", "last.pt") is None
+    with pytest.raises(RuntimeError, match="remote store"):
+        store.checkpoint_dir("g", "k")  # no silent local path for a remote store
+
+
+# -- the local cache --------------------------------------------------------------------------------
+def test_cache_refetches_a_damaged_entry(store, tmp_path):
+    out, x = _publish(store)
+    worker = Store(store.uri, cache_dir=tmp_path / "c2")
+    o = worker.output("g", "features", "k1")
+    d = o.local_dir()
+    worker.cache.forget(o.location)
+    (d / "x.npy").write_bytes((d / "x.npy").read_bytes()[:-4] + b"\0\0\0\0")  # same size, new content
+    d2 = o.local_dir()
+    assert d2 == d
+    np.testing.assert_array_equal(o.array("x"), x)
+
+
+def test_cache_fill_verifies_checksums_against_the_manifest(store, tmp_path):
+    out, _ = _publish(store)
+    # same size, different bytes in the bucket: the size check passes, the checksum does not
+    raw = sfs.read_bytes(store.location.fs, f"{out.remote_path}/x.npy")
+    sfs.write_bytes(store.location.fs, f"{out.remote_path}/x.npy", raw[:-1] + bytes([raw[-1] ^ 1]))
+    assert out.damage() is None
+    worker = Store(store.uri, cache_dir=tmp_path / "c3")
+    from storage.cache import CacheVerifyError
+
+    with pytest.raises(CacheVerifyError, match="damaged in the store: x.npy fetched twice"):
+        worker.output("g", "features", "k1").array("x")
+    assert not (tmp_path / "c3" / "outputs" / "features").exists()  # nothing half-filled kept
+    assert not list((tmp_path / "c3" / "staging").iterdir())
+    # one bad transfer, then a good one: the refetch succeeds
+    sfs.write_bytes(store.location.fs, f"{out.remote_path}/x.npy", raw)
+    real, seen = sfs.download_file, []
+
+    def flaky(fs, path, local):
+        real(fs, path, local)
+        if path.endswith("x.npy") and not seen:
+            seen.append(path)
+            with open(local, "r+b") as f:
+                f.write(b"\0")
+
+    sfs.download_file = flaky
+    try:
+        assert worker.output("g", "features", "k1").array("x").shape == (250, 4)
+    finally:
+        sfs.download_file = real
+    assert seen
+
+
+def test_cache_evicts_least_recently_used_but_never_entries_in_use(s3_env, tmp_path):
+    writer = Store(f"s3://{s3_env}/lru", cache_dir=tmp_path / "w")
+    outs = [_publish(writer, key=f"k{i}", n=40_000)[0] for i in range(4)]  # ~160 kB each
+    size = sum(os.path.getsize(p) for p in outs[0].local_dir().iterdir() if p.is_file())
+
+    reader_cache = tmp_path / "r"
+    reader = Store(writer.uri, cache_dir=reader_cache, cache_max_gb=2.5 * size / 1e9)
+    d0 = reader.output("g", "features", "k0").local_dir()
+    d1 = reader.output("g", "features", "k1").local_dir()
+    # a new process: nothing is in use any more
+    cache = reader.cache
+    for e in list(cache._held):
+        cache._release(e)
+    cache._memo.clear()
+    assert reader.output("g", "features", "k1").local_dir() == d1  # k1 in use again (held)
+    os.utime(d1 / ".filled", (1, 1))  # k1 the least recently used, but in use
+    os.utime(d0 / ".filled", (2, 2))  # k0 next, not in use
+    reader.output("g", "features", "k2").local_dir()
+    assert not d0.exists() and d1.exists()  # the least recently used entry not in use went
+    # everything is in use now (held by this process): over the bound, nothing is evicted
+    d3 = reader.output("g", "features", "k3").local_dir()
+    assert d1.exists() and d3.exists()
+    assert len(cache.entries()) == 3
