@@ -149,7 +149,10 @@ def parse_store(text: str | os.PathLike) -> Location:
         raise StoreLocationError(f"store {shown}: query strings and fragments are not supported; give "
                                  f"scheme://bucket/prefix (set the endpoint with AWS_ENDPOINT_URL)")
     u = urllib.parse.urlparse(raw)
-    bucket = u.netloc.rsplit("@", 1)[-1]
+    if "@" in u.netloc:
+        raise StoreLocationError(f"store {shown}: credentials in the URI are not accepted (they would end up "
+                                 f"in logs and run parameters); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+    bucket = u.netloc
     prefix = "/".join(p for p in u.path.split("/") if p)
     if not bucket:
         raise StoreLocationError(f"store {shown}: no bucket named; expected {scheme}://BUCKET/PREFIX")

@@ -53,6 +53,7 @@ def test_local_paths_and_file_uris_stay_local(tmp_path):
     ("s3:///prefix", "no bucket"),
     ("s3://bucket/a/../b", "'..'"),
     ("s3://bucket/x?endpoint_override=evil", "query strings"),
+    ("s3://KEY:SECRET@bucket/x", "credentials in the URI are not accepted"),
 ])
 def test_unservable_uris_are_one_line_errors(uri, expect, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -263,3 +264,23 @@ def test_cache_evicts_least_recently_used_but_never_entries_in_use(s3_env, tmp_p
     d3 = reader.output("g", "features", "k3").local_dir()
     assert d1.exists() and d3.exists()
     assert len(cache.entries()) == 3
+
+
+# -- the CLI ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("store, expect", [
+    ("s3://gp-no-such-bucket/prefix", "bucket 'gp-no-such-bucket' does not exist at http://127.0.0.1"),
+    ("ftp2://host/prefix", "not supported"),
+])
+def test_cli_refuses_a_store_it_cannot_serve_before_work(store, expect, s3_env, tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    from tests.conftest import dataset
+
+    monkeypatch.chdir(tmp_path)
+    cora = dataset("cora")
+    rc = main(["ingest", "--edges", str(cora / "edges.csv"), "--nodes", str(cora / "nodes.parquet"),
+               "--store", store, "--name", "cora"])
+    err = capsys.readouterr().err
+    assert rc == 2 and expect in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
+    assert list(tmp_path.iterdir()) == []  # no ./s3: folder, nothing written
