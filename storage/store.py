@@ -268,8 +268,15 @@ class Store:
         return self.graph_dir(name) / "tuned"
 
     def lock(self, name: str, timeout: float | None = None):
-        """Hold the graph's lock (a context manager, :func:`storage.locks.graph_lock`): one run
-        at a time writes a graph; the first holder removes leftovers of dead runs."""
+        """Hold the graph's lock (a context manager): one run at a time writes a graph; the first
+        holder removes leftovers of dead runs. A local store: :func:`storage.locks.graph_lock`
+        (a kernel flock, never stale). A remote store: that flock on this machine plus a lease
+        object in the bucket with the holder and an expiry, renewed while held
+        (:func:`storage.lease.remote_graph_lock`; read its caveat: no compare-and-swap)."""
+        if self.remote:
+            from storage.lease import remote_graph_lock
+
+            return remote_graph_lock(self, name, timeout=timeout)
         from storage.locks import graph_lock
 
         return graph_lock(self.graph_dir(name), timeout=timeout)

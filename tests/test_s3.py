@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -284,3 +285,28 @@ def test_cli_refuses_a_store_it_cannot_serve_before_work(store, expect, s3_env, 
     assert rc == 2 and expect in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
     assert list(tmp_path.iterdir()) == []  # no ./s3: folder, nothing written
+
+
+# -- the graph lock across machines -------------------------------------------------------------------
+def test_remote_lock_is_a_lease_in_the_bucket(store, tmp_path, monkeypatch):
+    import storage.lease as lease
+    from storage.locks import LockBusy
+
+    monkeypatch.setattr(lease, "SETTLE_SECONDS", 0.05)
+    monkeypatch.setattr(lease, "POLL_SECONDS", 0.05)
+    with store.lock("g", timeout=1):
+        with store.lock("g", timeout=1):  # re-entrant
+            doc = json.loads(store.get_object("g", lease.LEASE))
+            assert doc["pid"] == os.getpid() and doc["expires"] > time.time() + 60
+        assert store.get_object("g", lease.LEASE) is not None
+    assert store.get_object("g", lease.LEASE) is None  # released
+    # "another machine": a lease written by someone else blocks until it expires
+    other = json.dumps({"holder": "elsewhere:1:x", "host": "elsewhere", "pid": 1, "expires": time.time() + 60})
+    store.put_object("g", lease.LEASE, data=other.encode())
+    with pytest.raises(LockBusy, match="locked by pid 1 on elsewhere"):
+        with store.lock("g", timeout=0.2):
+            pass
+    expired = json.dumps({"holder": "elsewhere:1:x", "host": "elsewhere", "pid": 1, "expires": 1})
+    store.put_object("g", lease.LEASE, data=expired.encode())
+    with store.lock("g", timeout=1):  # an expired lease (its holder died) is taken over
+        assert json.loads(store.get_object("g", lease.LEASE))["pid"] == os.getpid()
