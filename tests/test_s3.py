@@ -310,3 +310,30 @@ def test_remote_lock_is_a_lease_in_the_bucket(store, tmp_path, monkeypatch):
     store.put_object("g", lease.LEASE, data=expired.encode())
     with store.lock("g", timeout=1):  # an expired lease (its holder died) is taken over
         assert json.loads(store.get_object("g", lease.LEASE))["pid"] == os.getpid()
+
+
+# -- MLflow artifacts in the bucket (deployments/stack.py --artifacts-destination) -------------------
+@pytest.mark.slow
+def test_mlflow_server_keeps_artifacts_in_the_bucket(s3_env, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from deployments.stack import LocalStack, free_port
+
+    stack = LocalStack(tmp_path / "stack", prefect_port=0, mlflow_port=free_port(),
+                       artifacts_destination=f"s3://{s3_env}/mlflow")
+    try:
+        stack.start_servers(("mlflow",))
+        client = MlflowClient(tracking_uri=stack.mlflow_uri)
+        exp = client.create_experiment("s3-artifacts")
+        run = client.create_run(exp)
+        (tmp_path / "report.txt").write_text("in the bucket")
+        client.log_artifact(run.info.run_id, str(tmp_path / "report.txt"))  # proxied by the server
+        local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="report.txt",
+                                                    tracking_uri=stack.mlflow_uri, dst_path=str(tmp_path / "dl"))
+        assert open(local).read() == "in the bucket"
+    finally:
+        stack.stop()
+    store = Store(f"s3://{s3_env}/mlflow")
+    files = sfs.list_sizes(store.location.fs, store.location.base, recursive=True)
+    assert any(name.endswith("/artifacts/report.txt") for name in files), files
