@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from storage.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -459,7 +460,8 @@ def prepared(workdir: Path, num_nodes: int, avg_degree: float, num_features: int
             return refs
     from tasks.ingest.snapshot import ingest_graph
     from tasks.normalize.features import normalize_features
-    from tasks.partition.partition import layout_node_data, partition_graph
+    from tasks.partition.layout import layout_node_data
+    from tasks.partition.partition import partition_graph
 
     edges, nodes = generated_input(workdir, num_nodes, avg_degree, num_features, seed)
     sections: dict[str, Any] = {}
@@ -467,20 +469,20 @@ def prepared(workdir: Path, num_nodes: int, avg_degree: float, num_features: int
         sections["partition"] = {"num_parts": num_parts}
     cfg = pipeline_config(workdir, key, edges, nodes, **sections)
     t0 = time.perf_counter()
-    snap = ingest_graph(cfg)
+    snap = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
     log(f"ingested {key} in {time.perf_counter() - t0:.1f} s")
     refs: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "snapshot": asdict(snap), "key": key}
     if num_parts is not None:
         t0 = time.perf_counter()
-        feats = normalize_features(snap, cfg)
+        feats = normalize_features(snap, cfg.normalize, Store(cfg.store))
         log(f"normalized {key} in {time.perf_counter() - t0:.1f} s")
         t0 = time.perf_counter()
-        part = partition_graph(snap, cfg)
+        part = partition_graph(snap, cfg.partition, Store(cfg.store))
         log(f"partitioned {key} into {num_parts} parts in {time.perf_counter() - t0:.1f} s")
         refs.update(features=asdict(feats), partition=asdict(part))
         if layout:
             t0 = time.perf_counter()
-            nd = layout_node_data(part, snap, feats, cfg)
+            nd = layout_node_data(part, snap, feats, Store(cfg.store))
             log(f"laid out node data of {key} in {time.perf_counter() - t0:.1f} s")
             refs["node_data"] = asdict(nd)
     refs_path.write_text(json.dumps(refs, indent=1))

@@ -67,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
 
 import bench_defaults as D  # noqa: E402
+from storage.store import Store  # noqa: E402
 
 DATA = B.REPO.parent / "shared" / "data"
 DATASETS = ("cora", "citeseer", "amazon_computers", "coauthor_cs", *D.GENERATED)
@@ -126,7 +127,7 @@ def side_graphpipe(p: dict) -> dict:
         trained = train_cluster_gcn(nd, cfg)
         train_s = B.timer() - t0
         t0 = B.timer()
-        ev = evaluate_model(trained, nd, snap, cfg)
+        ev = evaluate_model(trained, nd, snap, Store(cfg.store), device=cfg.train.device, seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
         eval_s = B.timer() - t0
         split = np.load(Path(nd.path) / "split.npy")
         history = load_checkpoint(Path(trained.checkpoint_dir) / MODEL_FILE)["history"]

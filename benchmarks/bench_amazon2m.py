@@ -37,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
+from storage.store import Store
 
 AMAZON2M = {"nodes": 2_449_029, "avg_degree": 61.3, "classes": 47, "features": 100}
 SMOKE = {"nodes": 20_000, "avg_degree": 20.0, "classes": 47, "features": 100}
@@ -100,7 +101,7 @@ def side_ingest(p: dict[str, Any]) -> dict[str, Any]:
     from tasks.ingest.snapshot import ingest_counts, ingest_graph
 
     t0 = time.perf_counter()
-    snap = ingest_graph(_config(p))
+    snap = ingest_graph((c := _config(p)).data, c.split, Store(c.store))
     return {"seconds": time.perf_counter() - t0, "ref": asdict(snap), "counts": ingest_counts(snap)}
 
 
@@ -110,7 +111,7 @@ def side_normalize(p: dict[str, Any]) -> dict[str, Any]:
     from tasks.normalize.features import normalize_features
 
     t0 = time.perf_counter()
-    ref = normalize_features(_refs(p)["snapshot"], _config(p))
+    ref = normalize_features(_refs(p)["snapshot"], (c := _config(p)).normalize, Store(c.store))
     return {"seconds": time.perf_counter() - t0, "ref": asdict(ref)}
 
 
@@ -121,7 +122,7 @@ def side_partition(p: dict[str, Any]) -> dict[str, Any]:
     from tasks.partition.partition import partition_graph
 
     t0 = time.perf_counter()
-    ref = partition_graph(_refs(p)["snapshot"], _config(p), progress=True)
+    ref = partition_graph(_refs(p)["snapshot"], (c := _config(p)).partition, Store(c.store))
     stats = json.loads((Path(ref.path) / "stats.json").read_text())
     return {"seconds": time.perf_counter() - t0, "ref": asdict(ref), "stats": stats}
 
@@ -129,11 +130,11 @@ def side_partition(p: dict[str, Any]) -> dict[str, Any]:
 def side_layout(p: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from tasks.partition.partition import layout_node_data
+    from tasks.partition.layout import layout_node_data
 
     r = _refs(p)
     t0 = time.perf_counter()
-    ref = layout_node_data(r["partition"], r["snapshot"], r["features"], _config(p))
+    ref = layout_node_data(r["partition"], r["snapshot"], r["features"], Store(_config(p).store))
     return {"seconds": time.perf_counter() - t0, "ref": asdict(ref)}
 
 
@@ -141,7 +142,7 @@ def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from tasks.train.batching import build_batch, epoch_batches
-    from tasks.partition.partition import load_cluster_graph
+    from tasks.partition.layout import load_cluster_graph
     from tasks.train.loop import resolve_clusters_per_batch
 
     cfg = _config(p)
@@ -202,7 +203,7 @@ def side_evaluate(p: dict[str, Any]) -> dict[str, Any]:
 
     r = _refs(p)
     t0 = time.perf_counter()
-    ev = evaluate_model(TrainResult(**p["trained"]), r["node_data"], r["snapshot"], _config(p))
+    ev = evaluate_model(TrainResult(**p["trained"]), r["node_data"], r["snapshot"], Store((c := _config(p)).store), device=c.train.device, seed=c.train.seed, embedding_nodes=c.track.embedding_plot_nodes)
     return {"seconds": time.perf_counter() - t0, "ref": asdict(ev)}
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
+from storage.store import Store
 
 DATA = B.REPO.parent / "shared" / "data"
 REAL = ("cora", "citeseer", "amazon_computers", "coauthor_cs")
@@ -139,7 +140,7 @@ def run_cell(graph: str, candidate: str, seed: int, epochs: int | None, workdir:
     prep = time.perf_counter() - t0
     t0 = time.perf_counter()
     trained = train_cluster_gcn(nd, cfg)
-    ev = evaluate_model(trained, nd, snap, cfg)
+    ev = evaluate_model(trained, nd, snap, Store(cfg.store), device=cfg.train.device, seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
     secs = time.perf_counter() - t0
     m = ev.metrics
     return {"test_acc": m["test_acc"], "val_acc": m["val_acc"], "train_acc": m["train_acc"],

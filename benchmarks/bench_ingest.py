@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
+from storage.store import Store
 
 COMMUNITY = 1000
 P_INTRA = 0.8
@@ -109,7 +110,7 @@ def side_graphpipe(p: dict) -> dict:
             prof = cProfile.Profile()
             prof.enable()
         t0 = time.perf_counter()
-        ref = ingest_graph(cfg)
+        ref = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
         t1 = time.perf_counter()
         if prof is not None:
             prof.disable()

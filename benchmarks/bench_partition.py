@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
+from storage.store import Store
 
 FEATURES = 64  # shared with bench_memory's 1M graph
 
@@ -51,7 +52,7 @@ def side_prepare(p: dict) -> dict:
         import pymetis
 
         from storage.snapshot import read_edges
-        from tasks.partition.partition import build_csr
+        from tasks.partition.csr import build_csr
 
         src, dst = read_edges(refs["snapshot"]["path"])
         indptr, indices = build_csr(src, dst, p["nodes"], index_dtype=pymetis.zero_copy_dtype())
@@ -93,7 +94,7 @@ def side_graphpipe(p: dict) -> dict:
             prof = cProfile.Profile()
             prof.enable()
         t0 = time.perf_counter()
-        ref = partition_graph(snap, cfg)
+        ref = partition_graph(snap, cfg.partition, Store(cfg.store))
         t1 = time.perf_counter()
         if prof is not None:
             prof.disable()

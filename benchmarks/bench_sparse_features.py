@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
+from storage.store import Store
 
 DATA = B.REPO.parent / "shared" / "data" / "coauthor_cs"
 SIDES_ORDER = ["dense", "sparse"]
@@ -63,7 +64,7 @@ def side_run(p: dict) -> dict:
     t0 = B.timer()
     trained = train_cluster_gcn(nd, cfg)
     train_s = B.timer() - t0
-    ev = evaluate_model(trained, nd, snap, cfg)
+    ev = evaluate_model(trained, nd, snap, Store(cfg.store), device=cfg.train.device, seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
     history = load_checkpoint(Path(trained.checkpoint_dir) / MODEL_FILE)["history"]
     epoch_s = statistics.median(h["epoch_seconds"] for h in history)
     eval_s = statistics.median(h["eval_seconds"] for h in history if "eval_seconds" in h)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
+from storage.store import Store
 
 DATA = B.REPO.parent / "shared" / "data"
 
@@ -58,7 +59,8 @@ def run_one(name: str, edges: Path, nodes: Path, store: Path, encoding: str, see
     from tasks.evaluate.evaluate import evaluate_model
     from tasks.ingest.snapshot import ingest_graph
     from tasks.normalize.features import load_stats, normalize_features
-    from tasks.partition.partition import layout_node_data, partition_graph
+    from tasks.partition.layout import layout_node_data
+    from tasks.partition.partition import partition_graph
     from tasks.train.loop import train_cluster_gcn
 
     method, _, k = encoding.partition(":")
@@ -68,13 +70,13 @@ def run_one(name: str, edges: Path, nodes: Path, store: Path, encoding: str, see
         "store": str(store), "data": {"name": name, "edges": [str(edges)], "nodes": str(nodes)},
         "normalize": normalize, "partition": {"seed": seed}, "train": train,
     })
-    snap = ingest_graph(cfg)
-    feats = normalize_features(snap, cfg)
+    snap = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
+    feats = normalize_features(snap, cfg.normalize, Store(cfg.store))
     stats = load_stats(feats)
-    nd = layout_node_data(partition_graph(snap, cfg), snap, feats, cfg)
+    nd = layout_node_data(partition_graph(snap, cfg.partition, Store(cfg.store)), snap, feats, Store(cfg.store))
     t0 = time.perf_counter()
     trained = train_cluster_gcn(nd, cfg)
-    m = evaluate_model(trained, nd, snap, cfg).metrics
+    m = evaluate_model(trained, nd, snap, Store(cfg.store), device=cfg.train.device, seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes).metrics
     seconds = (stats.structural or {}).get("seconds", 0.0)
     B.log(f"{name} {encoding} seed {seed}: test {m['test_acc']:.4f} val {m['val_acc']:.4f} (best epoch "
           f"{int(m['best_epoch'])}), encoding {seconds:.2f} s, train+eval {time.perf_counter() - t0:.1f} s")
@@ -95,10 +97,10 @@ def scale(num_nodes: int, workdir: Path) -> None:
     pq.write_table(pq.read_table(g.nodes_path, columns=["node_id", "label", "split"]), nodes)
     cfg = PipelineConfig.model_validate({"store": str(workdir / "store"),
                                          "data": {"name": "scale", "edges": [str(g.edges_path)], "nodes": str(nodes)}})
-    snap = ingest_graph(cfg)
+    snap = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
     rss0 = B.peak_rss_mb()
     t0 = time.perf_counter()
-    stats = load_stats(normalize_features(snap, cfg))
+    stats = load_stats(normalize_features(snap, cfg.normalize, Store(cfg.store)))
     wall = time.perf_counter() - t0
     s = stats.structural or {}
     B.say(f"scale: {num_nodes:,} nodes, {g.num_edges:,} edge rows, {s.get('components')} components: "

@@ -35,6 +35,7 @@ if str(REPO) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil  # noqa: E402
+from storage.store import Store
 
 Row = dict[str, Any]
 NAME = "g"
@@ -203,13 +204,14 @@ def reference_fingerprints(ctx: Ctx) -> dict[str, str]:
     if not (gdir(store) / "CURRENT.json").exists():
         from tasks.ingest.snapshot import ingest_graph
         from tasks.normalize.features import normalize_features
-        from tasks.partition.partition import layout_node_data, partition_graph
+        from tasks.partition.layout import layout_node_data
+        from tasks.partition.partition import partition_graph
 
         cfg = ctx.config(store)
-        snap = ingest_graph(cfg)
-        feats = normalize_features(snap, cfg)
-        part = partition_graph(snap, cfg)
-        layout_node_data(part, snap, feats, cfg)
+        snap = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
+        feats = normalize_features(snap, cfg.normalize, Store(cfg.store))
+        part = partition_graph(snap, cfg.partition, Store(cfg.store))
+        layout_node_data(part, snap, feats, Store(cfg.store))
     return fingerprints(store)
 
 
@@ -388,7 +390,7 @@ def scenario_disk_full(workdir: Path, smoke: bool, ctx: Ctx) -> Row:
         store = disk / "store"
         from tasks.ingest.snapshot import ingest_graph
 
-        snap = ingest_graph(ctx.config(store))  # the previous good output
+        snap = ingest_graph((c := ctx.config(store)).data, c.split, Store(c.store))  # the previous good output
         before = (gdir(store) / "CURRENT.json").read_bytes()
         st = os.statvfs(disk)
         with open(disk / "ballast", "wb") as f:
@@ -435,13 +437,14 @@ def scenario_corruption(workdir: Path, smoke: bool, ctx: Ctx) -> Row:
     store = workdir / "store"
     from tasks.ingest.snapshot import ingest_graph
     from tasks.normalize.features import normalize_features
-    from tasks.partition.partition import layout_node_data, partition_graph
+    from tasks.partition.layout import layout_node_data
+    from tasks.partition.partition import partition_graph
 
     cfg = ctx.config(store)
-    snap = ingest_graph(cfg)
-    feats = normalize_features(snap, cfg)
-    part = partition_graph(snap, cfg)
-    nd = layout_node_data(part, snap, feats, cfg)
+    snap = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
+    feats = normalize_features(snap, cfg.normalize, Store(cfg.store))
+    part = partition_graph(snap, cfg.partition, Store(cfg.store))
+    nd = layout_node_data(part, snap, feats, Store(cfg.store))
     indices = Path(part.path) / "indices.npy"
     with open(indices, "r+b") as f:  # a flipped byte
         f.seek(-7, os.SEEK_END)

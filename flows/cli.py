@@ -83,9 +83,12 @@ def build_config(args: argparse.Namespace):
         base["store"] = args.store if is_uri(args.store) else str(Path(args.store).resolve())
     if args.experiment:
         base.setdefault("track", {})["experiment"] = args.experiment
-    if args.progress:
-        base["progress"] = True
-    return load_config(None, args.overrides, base=base)
+    return load_config(None, _with_progress(args), base=base)
+
+
+def _with_progress(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides, then ``--progress`` as the last word: the flag beats the config."""
+    return [*args.overrides, "progress=true"] if getattr(args, "progress", False) else list(args.overrides)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -244,11 +247,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     gen = generate_graph(GeneratorConfig(num_nodes=args.nodes, seed=args.seed), root / "input")
     print(f"generated {gen.num_nodes} nodes, {gen.num_edges} edges in {time.perf_counter() - t0:.1f} s -> {root / 'input'}")
-    overrides = list(args.overrides)
     cfg = load_config(
         args.config,
-        overrides,
-        base={"store": str(root), "progress": args.progress,
+        _with_progress(args),
+        base={"store": str(root),
               "data": {"name": "demo", "edges": [str(gen.edges_path)], "nodes": str(gen.nodes_path)}},
     )
     server.wait()

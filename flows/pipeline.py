@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 
 from flows import quiet_errors, stages
 from flows.startup import apply_startup_limit
+from storage.evaluation import predictions_location
 from storage.store import NodeDataRef, PartitionRef, Store
 from tasks.config import PipelineConfig, load_config, redact_uri
 from tasks.tune.tuned import apply_tuned, tuned_config_path
@@ -40,21 +41,36 @@ def resolve(config: PipelineConfig | dict | None, config_file: str | None, overr
     return cfg
 
 
-def _graph_lock(cfg: PipelineConfig):
+def _setup(config: PipelineConfig | None, config_file: str | None,
+           overrides: dict[str, Any] | None) -> tuple[PipelineConfig, Store]:
+    """What every flow does first: its logging, the config resolved once, the progress switch
+    set from it, and the one :class:`Store` its stages share."""
+    stages.forward_library_logs()
+    cfg = resolve(config, config_file, overrides)
+    stages.show_progress(cfg.progress)
+    return cfg, Store(cfg.store)
+
+
+def _graph_lock(cfg: PipelineConfig, store: Store):
     """The graph's lock in the store, held while a flow writes it: a second run of the same graph
     waits (saying for whom) up to ``lock_timeout_seconds``, then stops with a clear error. Training
     on a deployment runs under the lock its parent flow holds."""
-    return Store(cfg.store).lock(cfg.data.name, cfg.lock_timeout_seconds)
+    return store.lock(cfg.data.name, cfg.lock_timeout_seconds)
 
 
-def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dict[str, Any]:
+def _prepare(cfg: PipelineConfig, store: Store, snapshot):
+    """normalize, partition and lay out the node data of ``snapshot``: ``(features, partition, node_data)``."""
+    features = stages.normalize(snapshot, cfg.normalize, store)
+    partition = stages.partition(snapshot, cfg.partition, store)
+    return features, partition, stages.layout(partition, snapshot, features, store)
+
+
+def _train_and_track(cfg: PipelineConfig, store: Store, snapshot, train_on: str | None) -> dict[str, Any]:
     """normalize -> partition -> train -> evaluate -> MLflow, given a snapshot."""
     from flows import quality
     from tasks.track.tracking import end_run, ui_command
 
-    features = stages.normalize(snapshot, cfg)
-    partition = stages.partition(snapshot, cfg)
-    node_data = stages.layout(partition, snapshot, features, cfg)
+    features, partition, node_data = _prepare(cfg, store, snapshot)
     tuned = str(tuned_config_path(cfg)) if cfg.tune.use_tuned and tuned_config_path(cfg).is_file() else "none"
     run = stages.start_tracking(cfg, {**stages.lineage_tags(snapshot, features, partition, node_data),
                                       "graphpipe.tuned_config": tuned})
@@ -64,7 +80,8 @@ def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dic
             trained = stages.train_on_deployment(train_on, node_data, cfg, run, init_from)
         else:
             trained = stages.train(node_data, cfg, run, init_from)
-        evaluation = stages.evaluate(trained, node_data, snapshot, cfg)
+        evaluation = stages.evaluate(trained, node_data, snapshot, store, device=cfg.train.device,
+                                     seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
         base = quality.baseline(node_data, cfg, trained.num_classes, run)
         health = quality.check_health(run, cfg, features, node_data, trained, evaluation, base)
         tracked = stages.log_run(run, cfg, snapshot, features, node_data, trained, evaluation,
@@ -78,7 +95,7 @@ def _train_and_track(cfg: PipelineConfig, snapshot, train_on: str | None) -> dic
         "snapshot": snapshot.path,
         "partition": partition.path,
         "metrics": evaluation.metrics,
-        "predictions": f"{evaluation.path}/predictions.parquet",
+        "predictions": predictions_location(store.open(evaluation.path)),
         "mlflow": {
             "tracking_uri": redact_uri(run.tracking_uri),
             "experiment_id": run.experiment_id,
@@ -110,22 +127,20 @@ def graph_pipeline(
     ``train_on``: a deployment of :func:`train_stage` (e.g. ``graph-train-stage/gpu`` on a GPU
     work pool) to run training on; ``None`` trains inside this flow run.
     """
-    stages.forward_library_logs()
-    cfg = resolve(config, config_file, overrides)
+    cfg, store = _setup(config, config_file, overrides)
     stages.check_tracking(cfg)
-    with _graph_lock(cfg):
-        snapshot = stages.ingest(cfg)
-        return _train_and_track(cfg, snapshot, train_on)
+    with _graph_lock(cfg, store):
+        snapshot = stages.ingest(cfg.data, cfg.split, store)
+        return _train_and_track(cfg, store, snapshot, train_on)
 
 
 @flow(name="graph-ingest")
 def ingest_flow(config: PipelineConfig | None = None, config_file: str | None = None,
                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """ingest only: the snapshot becomes the graph's current one."""
-    stages.forward_library_logs()
-    cfg = resolve(config, config_file, overrides)
-    with _graph_lock(cfg):
-        snapshot = stages.ingest(cfg)
+    cfg, store = _setup(config, config_file, overrides)
+    with _graph_lock(cfg, store):
+        snapshot = stages.ingest(cfg.data, cfg.split, store)
     return {"snapshot": snapshot.path, "fingerprint": snapshot.fingerprint}
 
 
@@ -133,13 +148,10 @@ def ingest_flow(config: PipelineConfig | None = None, config_file: str | None = 
 def partition_flow(config: PipelineConfig | None = None, config_file: str | None = None,
                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """normalize + partition the current snapshot."""
-    stages.forward_library_logs()
-    cfg = resolve(config, config_file, overrides)
-    with _graph_lock(cfg):
-        snapshot = stages.current_snapshot(cfg)
-        features = stages.normalize(snapshot, cfg)
-        partition = stages.partition(snapshot, cfg)
-        node_data = stages.layout(partition, snapshot, features, cfg)
+    cfg, store = _setup(config, config_file, overrides)
+    with _graph_lock(cfg, store):
+        snapshot = stages.current_snapshot(cfg.data.name, store)
+        _, partition, node_data = _prepare(cfg, store, snapshot)
     return {"snapshot": snapshot.path, "partition": partition.path, "node_data": node_data.path}
 
 
@@ -147,11 +159,10 @@ def partition_flow(config: PipelineConfig | None = None, config_file: str | None
 def train_flow(config: PipelineConfig | None = None, config_file: str | None = None,
                overrides: dict[str, Any] | None = None, train_on: str | None = None) -> dict[str, Any]:
     """Train on the current snapshot (normalize and partition reused when cached)."""
-    stages.forward_library_logs()
-    cfg = resolve(config, config_file, overrides)
+    cfg, store = _setup(config, config_file, overrides)
     stages.check_tracking(cfg)
-    with _graph_lock(cfg):
-        return _train_and_track(cfg, stages.current_snapshot(cfg), train_on)
+    with _graph_lock(cfg, store):
+        return _train_and_track(cfg, store, stages.current_snapshot(cfg.data.name, store), train_on)
 
 
 @flow(name="graph-train-stage")
@@ -163,5 +174,6 @@ def train_stage(
     from tasks.track.tracking import RunRef
 
     stages.forward_library_logs()
+    stages.show_progress(config.progress)
     ref = NodeDataRef(**{**node_data, "partition": PartitionRef(**node_data["partition"])})
     return asdict(stages.train(ref, config, RunRef(**run), init_from))

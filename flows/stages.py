@@ -23,31 +23,42 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 from storage.atomic import read_json, write_json
-from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store, read_manifest
+from storage.store import EvaluationRef, FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store, output_at
+from tasks.config import DataConfig, NormalizeConfig, PartitionConfig, PipelineConfig, SplitConfig
+from tasks.errors import InputError
 from tasks.ingest import snapshot as ingest_mod
 from tasks.normalize import features as normalize_mod
+from tasks.partition import layout as layout_mod
 from tasks.partition import partition as partition_mod
-from tasks.config import PipelineConfig
-from tasks.errors import InputError
 
 if TYPE_CHECKING:  # torch, PyG, MLflow: imported by the tasks that need them (`graphpipe ingest` never does)
     from tasks.track import tracking as track_mod
-    from tasks.evaluate.evaluate import EvaluationRef
     from tasks.train.loop import TrainResult
 
 LIBRARY_LOGGERS = ("tasks", "storage")
+PROGRESS_LOGGER = "graphpipe.progress"
 
 
 def forward_library_logs() -> None:
-    """Send the library loggers' INFO records to Prefect's run logs (what
-    ``PREFECT_LOGGING_EXTRA_LOGGERS`` does, but also when Prefect set up logging before us)."""
+    """Send the library loggers' INFO records, and the progress logger's records when it is on
+    (:func:`show_progress`), to Prefect's run logs (what ``PREFECT_LOGGING_EXTRA_LOGGERS`` does,
+    but also when Prefect set up logging before us)."""
     extra = logging.getLogger("prefect.extra")
-    for name in LIBRARY_LOGGERS:
+    for name in (*LIBRARY_LOGGERS, PROGRESS_LOGGER.split(".")[0]):
         logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
+        if name in LIBRARY_LOGGERS:
+            logger.setLevel(logging.INFO)
         for handler in extra.handlers:
             if handler not in logger.handlers:
                 logger.addHandler(handler)
+
+
+def show_progress(enabled: bool) -> None:
+    """The one switch for progress messages: the stages log them at INFO on ``graphpipe.progress``
+    (rows ingested, METIS' elapsed time, batches within an epoch, inference blocks); this shows
+    them (``enabled``) or hides them. The flows call it with the resolved config's ``progress``,
+    which the command line's ``--progress`` sets last (flag > config > off)."""
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO if enabled else logging.WARNING)
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:
@@ -96,38 +107,36 @@ def reusable_stage(**task_options: Any) -> Callable[[Callable[..., T]], Callable
 
 
 @reusable_stage(name="ingest", **_retrying)
-def ingest(config: PipelineConfig) -> SnapshotRef:
+def ingest(data: DataConfig, split: SplitConfig, store: Store) -> SnapshotRef:
     """Edge lists + node table -> versioned Parquet snapshot."""
-    return ingest_mod.ingest_graph(config)
+    return ingest_mod.ingest_graph(data, split, store)
 
 
 @task(name="current-snapshot")
-def current_snapshot(config: PipelineConfig) -> SnapshotRef:
-    """The snapshot last ingested for ``data.name`` in the store."""
-    ref = Store(config.store).current_snapshot(config.data.name)
+def current_snapshot(graph: str, store: Store) -> SnapshotRef:
+    """The snapshot last ingested for graph ``graph`` in the store."""
+    ref = store.current_snapshot(graph)
     if ref is None:
-        raise InputError(
-            f"no snapshot of graph {config.data.name!r} in store {Store(config.store).root}: run `graphpipe ingest` first"
-        )
+        raise InputError(f"no snapshot of graph {graph!r} in store {store.root}: run `graphpipe ingest` first")
     return ref
 
 
 @reusable_stage(name="normalize", **_retrying)
-def normalize(snapshot: SnapshotRef, config: PipelineConfig) -> FeaturesRef:
+def normalize(snapshot: SnapshotRef, config: NormalizeConfig, store: Store) -> FeaturesRef:
     """Normalize features; statistics saved beside them."""
-    return normalize_mod.normalize_features(snapshot, config)
+    return normalize_mod.normalize_features(snapshot, config, store)
 
 
 @reusable_stage(name="partition", **_retrying)
-def partition(snapshot: SnapshotRef, config: PipelineConfig) -> PartitionRef:
+def partition(snapshot: SnapshotRef, config: PartitionConfig, store: Store) -> PartitionRef:
     """METIS k-way partition, nodes permuted so clusters are contiguous."""
-    return partition_mod.partition_graph(snapshot, config, progress=config.progress)
+    return partition_mod.partition_graph(snapshot, config, store)
 
 
 @reusable_stage(name="layout-node-data", **_retrying)
-def layout(partition: PartitionRef, snapshot: SnapshotRef, features: FeaturesRef, config: PipelineConfig) -> NodeDataRef:
+def layout(partition: PartitionRef, snapshot: SnapshotRef, features: FeaturesRef, store: Store) -> NodeDataRef:
     """Features, labels and split permuted into the partition's order."""
-    return partition_mod.layout_node_data(partition, snapshot, features, config)
+    return layout_mod.layout_node_data(partition, snapshot, features, store)
 
 
 @task(name="start-tracking", **_retrying)
@@ -261,12 +270,14 @@ def wait_for_flow_run(flow_run_id: Any, poll: float = CHILD_POLL_SECONDS, outage
             time.sleep(poll)
 
 
-@task(name="evaluate", **_retrying)
-def evaluate(trained: TrainResult, node_data: NodeDataRef, snapshot: SnapshotRef, config: PipelineConfig) -> EvaluationRef:
+@reusable_stage(name="evaluate", **_retrying)
+def evaluate(trained: TrainResult, node_data: NodeDataRef, snapshot: SnapshotRef, store: Store, *,
+             device: str, seed: int, embedding_nodes: int) -> EvaluationRef:
     """Full-graph layer-wise inference with the best-validation weights; accuracy and macro-F1."""
     from tasks.evaluate.evaluate import evaluate_model
 
-    return evaluate_model(trained, node_data, snapshot, config)
+    return evaluate_model(trained, node_data, snapshot, store, device=device, seed=seed,
+                          embedding_nodes=embedding_nodes)
 
 
 @task(name="log-to-mlflow", **_retrying)
@@ -311,7 +322,8 @@ def read_history(trained: TrainResult) -> list[dict[str, Any]]:
 
 
 def lineage_tags(snapshot: SnapshotRef, features: FeaturesRef, partition: PartitionRef, node_data: NodeDataRef) -> dict[str, str]:
-    manifest = read_manifest(snapshot.path)
+    """The MLflow run's lineage tags: every stage output's fingerprint, and the code version."""
+    manifest = output_at(snapshot.path).manifest()
     return {
         "graphpipe.data_fingerprint": snapshot.fingerprint,
         "graphpipe.snapshot_path": snapshot.path,

@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 
 from flows import stages
 from flows.pipeline import _graph_lock, resolve
+from storage.store import Store
 from tasks.config import PipelineConfig
 from tasks.track.tracking import run_link
 from tasks.tune.study import TuneResult, tune_graph
@@ -39,15 +40,19 @@ def graph_tune(
     cfg = resolve(config, config_file, overrides)
     if cfg.tune.use_tuned:  # the search starts from the configured values, not from its own last result
         cfg = resolve(config, config_file, {**(overrides or {}), "tune.use_tuned": False})
+    stages.show_progress(cfg.progress)
+    store = Store(cfg.store)
     stages.check_tracking(cfg)
     # the tune writes the graph's snapshot, features, partition and node data like a run does: it
     # holds the graph's lock, so a nightly run started meanwhile waits for it (lock_timeout_seconds)
-    with _graph_lock(cfg):
-        snapshot = stages.ingest(cfg) if cfg.data.edges else stages.current_snapshot(cfg)
-        partition = stages.partition(snapshot, cfg)
+    with _graph_lock(cfg, store):
+        snapshot = (stages.ingest(cfg.data, cfg.split, store) if cfg.data.edges
+                    else stages.current_snapshot(cfg.data.name, store))
+        partition = stages.partition(snapshot, cfg.partition, store)
         result = tune_graph(
             cfg, snapshot, partition,
-            normalize=stages.normalize, layout=stages.layout,
+            normalize=lambda snap, c: stages.normalize(snap, c.normalize, store),
+            layout=lambda part, snap, feats, c: stages.layout(part, snap, feats, store),
             parent_tags={"prefect.flow_run_id": str(flow_run.get_id() or ""),
                          "prefect.flow_run_name": str(flow_run.get_name() or "")},
             run_name=f"tune-{cfg.data.name}-{flow_run.get_name() or 'local'}",

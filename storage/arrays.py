@@ -34,22 +34,43 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
+# "Output" and "Writer" below are storage.outputs' classes (not imported: that module imports this one)
+Where = Union["Output", str, os.PathLike]  # an output, or (tests, scratch files) a directory
+
+#: logical name of the shift of sparse standardized features (see the module docstring)
+X_SHIFT = "x_shift"
+SPARSE_X = ("x_indptr", "x_indices", "x_data")
+
+
+def _dir(where: Where) -> Path:
+    """The local directory holding an output's files."""
+    return where.local_dir() if hasattr(where, "local_dir") else Path(where)
+
+
+def array_path(directory: str | os.PathLike, name: str) -> Path:
+    """The file of array ``name`` in a plain (scratch) directory."""
+    return Path(directory) / f"{name}.npy"
+
 
 def write_arrays(directory: str | os.PathLike, **arrays: np.ndarray) -> list[str]:
+    """Save each array as ``<name>.npy`` in ``directory`` (C order, no pickles); returns the file names."""
     names = []
     for name, arr in arrays.items():
-        np.save(Path(directory) / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
-        names.append(f"{name}.npy")
+        np.save(array_path(directory, name), np.ascontiguousarray(arr), allow_pickle=False)
+        names.append(array_path(directory, name).name)
     return names
 
 
-def open_array(directory: str | os.PathLike, name: str, mmap: bool = True) -> np.ndarray:
+def open_array(directory: Where, name: str, mmap: bool = True) -> np.ndarray:
+    """Array ``name`` of an output (or directory): memory-mapped read-only, or loaded (``mmap=False``)."""
+    path = array_path(_dir(directory), name)
     if mmap:
-        return map_array(Path(directory) / f"{name}.npy")[0]
-    return np.load(Path(directory) / f"{name}.npy", allow_pickle=False)
+        return map_array(path)[0]
+    return np.load(path, allow_pickle=False)
 
 
 @dataclass
@@ -123,9 +144,6 @@ def release_pages(*maps: Mapping | None) -> None:
             m.release()
 
 
-SPARSE_X = ("x_indptr", "x_indices", "x_data")
-
-
 class CSRRows:
     """A CSR matrix over memory-mapped ``indptr``/``indices``/``data`` arrays: row slices are read
     (copied) on demand, so only the touched rows' pages are resident."""
@@ -188,27 +206,49 @@ class CSRRows:
         return dense[0] if np.ndim(key) == 0 else dense
 
 
-def write_csr(directory: str | os.PathLike, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+def write_csr(writer: Writer | str | os.PathLike, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
               shape: tuple[int, int]) -> list[str]:
-    """Write the ``x_*`` CSR files of sparse features (see the module docstring)."""
-    return write_arrays(directory, x_indptr=np.asarray(indptr, dtype=np.int64),
-                        x_indices=np.asarray(indices, dtype=np.int32), x_data=np.asarray(data, dtype=np.float32),
-                        x_shape=np.asarray(shape, dtype=np.int64))
+    """Write sparse features as CSR (the ``x_*`` arrays, see the module docstring) into the output
+    being published by ``writer`` (or a plain directory, for tests); returns the file names."""
+    arrays = {"x_indptr": np.asarray(indptr, dtype=np.int64), "x_indices": np.asarray(indices, dtype=np.int32),
+              "x_data": np.asarray(data, dtype=np.float32), "x_shape": np.asarray(shape, dtype=np.int64)}
+    if not hasattr(writer, "add_files"):
+        return write_arrays(writer, **arrays)
+    for name, arr in arrays.items():
+        writer.array(name, arr)
+    return [array_path(writer.dir, n).name for n in arrays]
 
 
-def has_sparse_x(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds features as CSR (``x_indptr.npy``) rather than ``x.npy``."""
-    return (Path(directory) / "x_indptr.npy").exists()
+def new_csr(writer: Writer, indptr: np.ndarray, num_columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start sparse features of row pointers ``indptr`` in the output being published by ``writer``:
+    writes ``indptr`` and the shape, and returns writable memory-mapped ``(indices int32, data
+    float32)`` of ``indptr[-1]`` entries to fill in place (``flush()`` and drop them when done)."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    nnz = int(indptr[-1]) if len(indptr) else 0
+    writer.array("x_indptr", indptr)
+    writer.array("x_shape", np.asarray([len(indptr) - 1, num_columns], dtype=np.int64))
+    return writer.new_array("x_indices", (nnz,), np.int32), writer.new_array("x_data", (nnz,), np.float32)
 
 
-def open_csr(directory: str | os.PathLike, maps: dict | None = None) -> CSRRows:
-    """The ``x_*`` CSR files of ``directory``, memory-mapped (their maps added to ``maps``)."""
+def has_sparse_x(directory: Where) -> bool:
+    """Whether an output holds features as CSR (``x_indptr``) rather than a dense ``x``."""
+    return array_path(_dir(directory), "x_indptr").exists()
+
+
+def has_array(directory: Where, name: str) -> bool:
+    """Whether an output holds array ``name``."""
+    return array_path(_dir(directory), name).exists()
+
+
+def open_csr(directory: Where, maps: dict | None = None) -> CSRRows:
+    """The sparse features (``x_*`` arrays) of an output, memory-mapped (their maps added to ``maps``)."""
+    d = _dir(directory)
     arrays = {}
     for name in SPARSE_X:
-        arrays[name], mapping = map_array(Path(directory) / f"{name}.npy")
+        arrays[name], mapping = map_array(array_path(d, name))
         if mapping is not None and maps is not None:
             maps[name] = mapping
-    shape = tuple(np.load(Path(directory) / "x_shape.npy").tolist())
+    shape = tuple(np.load(array_path(d, "x_shape")).tolist())
     return CSRRows(arrays["x_indptr"], arrays["x_indices"], arrays["x_data"], shape)
 
 
@@ -250,19 +290,21 @@ class ClusterGraph:
         return int(self.x.shape[1])
 
     @classmethod
-    def open(cls, partition_dir: str | os.PathLike, node_data_dir: str | os.PathLike) -> ClusterGraph:
+    def open(cls, partition_dir: Where, node_data_dir: Where) -> ClusterGraph:
+        """The partition's structure and the node data laid out in its order (outputs or directories)."""
+        partition_dir, node_data_dir = _dir(partition_dir), _dir(node_data_dir)
         arrays, maps = {}, {}
         sparse = has_sparse_x(node_data_dir)
         for directory, names in ((partition_dir, ("node_cluster", "indptr", "indices", "perm")),
                                  (node_data_dir, ("y", "split") if sparse else ("x", "y", "split"))):
             for name in names:
-                arrays[name], mapping = map_array(Path(directory) / f"{name}.npy")
+                arrays[name], mapping = map_array(array_path(directory, name))
                 if mapping is not None:
                     maps[name] = mapping
         shift = None
         if sparse:
             arrays["x"] = open_csr(node_data_dir, maps)
-            if (Path(node_data_dir) / "x_shift.npy").exists():
-                shift = np.load(Path(node_data_dir) / "x_shift.npy")
+            if has_array(node_data_dir, X_SHIFT):
+                shift = np.load(array_path(node_data_dir, X_SHIFT))
         return cls(cluster_ptr=open_array(partition_dir, "cluster_ptr", mmap=False), maps=maps, x_shift=shift,
                    **arrays)

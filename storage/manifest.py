@@ -1,9 +1,10 @@
-"""Manifests of published outputs: what they record, and the checks made against them.
+"""Manifests: what makes a published output directory complete, and how damage is found.
 
-A published output directory is complete when its ``manifest.json`` is there (written last) and
-every file it lists exists with the size it recorded; :func:`verify_directory` also compares
-every file's SHA-256. (Kept apart from :mod:`storage.store` so that :mod:`storage.outputs` and
-:mod:`storage.store` do not import each other.)
+Every output directory of the store ends with a ``manifest.json`` written last (its presence marks
+the directory complete). It records the parameters, the inputs' fingerprints, counts, and each
+file's size and SHA-256 checksum: :func:`damage` checks the sizes cheaply on every reuse,
+:func:`verify_directory` the checksums (``graphpipe verify``). Used by :mod:`storage.outputs`
+(the stage-output interface) and :mod:`storage.store`.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def make_manifest(
     files: list[str],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The manifest of an output of ``kind`` keyed ``fingerprint`` (checksums are added by
+    :func:`write_manifest`)."""
     return {
         "format_version": FORMAT_VERSION,
         "kind": kind,
@@ -91,6 +94,7 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> No
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a published directory (OSError / ValueError when there is none or it is unreadable)."""
     return read_json(Path(directory) / MANIFEST)
 
 
@@ -123,6 +127,7 @@ def damage(directory: str | os.PathLike) -> str | None:
 
 
 def is_complete(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is a complete, undamaged output (:func:`damage` finds nothing)."""
     return damage(directory) is None
 
 

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from storage.atomic import publish_dir, read_json, reserve, write_json
+from storage.atomic import publish_dir, read_json, reserve, write_bytes, write_json
+from storage.manifest import damage, discard, make_manifest, read_manifest, reusable, write_manifest
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -54,7 +55,6 @@ KINDS = {
     "partition": "partitions",
     "node_data": "node_data",
     "evaluation": "evaluation",
-    "predictions": "predictions",
 }
 
 _SUFFIX = {"array": ".npy", "table": ".parquet", "json": ".json"}
@@ -113,8 +113,6 @@ class Output:
         (on a remote store: one read of the manifest and one listing)."""
         if self.store.remote:
             return _remote_damage(self)
-        from storage.manifest import damage
-
         return damage(self.path)
 
     def exists(self) -> bool:
@@ -135,8 +133,6 @@ class Output:
                 log.warning("%s %s is damaged or incomplete (%s): rebuilding it", what, self.location, why)
                 self.discard()
             return False
-        from storage.manifest import reusable
-
         return reusable(self.path, what)
 
     def discard(self) -> None:
@@ -149,8 +145,6 @@ class Output:
             fs.delete_file(self.store.location.fs, f"{self.remote_path}/{MANIFEST_NAME}")
             fs.delete_dir(self.store.location.fs, self.remote_path)
             return
-        from storage.manifest import discard
-
         discard(self.path)
 
     def manifest(self) -> dict[str, Any]:
@@ -162,8 +156,6 @@ class Output:
             if raw is None:
                 raise FileNotFoundError(f"{self.location}/{MANIFEST_NAME} does not exist")
             return json.loads(raw)
-        from storage.manifest import read_manifest
-
         return read_manifest(self.path)
 
     # -- reading ------------------------------------------------------------------------------
@@ -324,9 +316,14 @@ class Writer:
         reserve(path)
         return out
 
-    def json(self, name: str, obj: Any) -> None:
-        """Write JSON document ``name``."""
-        write_json(self._target(name, "json"), obj)
+    def json(self, name: str, obj: Any, compact: bool = False) -> None:
+        """Write JSON document ``name`` (indented; ``compact``: without whitespace, for large ones)."""
+        if compact:
+            import json
+
+            write_bytes(self._target(name, "json"), json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        else:
+            write_json(self._target(name, "json"), obj)
 
     def table(self, name: str, table: pa.Table, **options: Any) -> None:
         """Write Arrow table ``name`` as Parquet (``options`` go to ``pyarrow.parquet.write_table``)."""
@@ -339,6 +336,21 @@ class Writer:
         import shutil
 
         shutil.copyfile(source.local_dir() / file_name(name, form), self._target(name, form))
+
+    @contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A private scratch directory beside the output being written (same file system, so
+        large intermediate files do not land on a small ``/tmp``); removed when the block ends.
+        For files exchanged with a child process (METIS); never part of the output."""
+        import shutil
+        import uuid
+
+        d = self.dir / f".scratch-{uuid.uuid4().hex[:8]}"
+        d.mkdir()
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
     def add_files(self, names: list[str]) -> None:
         """Record files written into :attr:`dir` by storage's own format writers (snapshot tables,
@@ -372,8 +384,6 @@ def publish(output: Output, *, params: dict[str, Any], inputs: dict[str, Any],
     Caveat: on an error nothing is published, the temporary files are removed and the previous
     output (if any) stays in force; a full disk is reported as :class:`storage.atomic.StoreFullError`.
     """
-    from storage.manifest import make_manifest, write_manifest
-
     if output.store.remote:
         with _publish_remote(output, params=params, inputs=inputs, replace=replace) as writer:
             yield writer
@@ -392,8 +402,6 @@ def _publish_remote(output: Output, *, params: dict[str, Any], inputs: dict[str,
     import shutil
 
     from storage.atomic import disk_full_as_error
-    from storage.manifest import make_manifest, write_manifest
-
     cache = output.store.cache
     staged = cache.staging_dir()
     try:
@@ -425,3 +433,4 @@ def as_output(store: Any, location: str | os.PathLike) -> Output:
     if kind is None or p.parent.parent.parent != store.root / "graphs":
         raise ValueError(f"{location} is not a stage output of the store {store.root}")
     return Output(store, graph, kind, key)
+

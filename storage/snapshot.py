@@ -10,6 +10,9 @@ A snapshot directory holds:
   ``fixed_size_list<float32>[d]``; sparse as ``indices`` (``list<int32>``) and ``values``
   (``list<float32>``) per row, whose list offsets are the CSR ``indptr``.
 - ``manifest.json``.
+
+Ingest writes it through :func:`write_snapshot` into a :class:`storage.outputs.Writer`; the
+readers take the snapshot's :class:`storage.outputs.Output` (or, for older callers, its directory).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +32,16 @@ SPLIT_NAMES = {SPLIT_TRAIN: "train", SPLIT_VAL: "val", SPLIT_TEST: "test"}
 
 EDGES, NODES, FEATURES = "edges.parquet", "nodes.parquet", "features.parquet"
 
+if TYPE_CHECKING:
+    from storage.outputs import Output, Writer
+
 Features = np.ndarray | sp.csr_matrix
+Where = Union["Output", str, os.PathLike]  # a snapshot: its Output, or its directory
+
+
+def _dir(where: Where) -> Path:
+    """The local directory holding the snapshot's files."""
+    return where.local_dir() if hasattr(where, "local_dir") else Path(where)
 
 
 @dataclass
@@ -52,9 +65,10 @@ def id_dtype(num_nodes: int) -> np.dtype:
     return np.dtype(np.int32) if num_nodes < 2**31 - 1 else np.dtype(np.int64)
 
 
-def write_snapshot(directory: str | os.PathLike, tables: GraphTables) -> list[str]:
-    """Write the tables into ``directory``; returns the file names written."""
-    d = Path(directory)
+def write_snapshot(writer: Writer | str | os.PathLike, tables: GraphTables) -> list[str]:
+    """Write the tables into the output being published by ``writer`` (the files are recorded
+    for its manifest) or into a plain directory (tests); returns the file names written."""
+    d = writer.dir if hasattr(writer, "add_files") else Path(writer)
     dtype = id_dtype(tables.num_nodes)
     pq.write_table(  # dictionary encoding only costs time on (nearly) unique integer ids
         pa.table({"src": tables.src.astype(dtype, copy=False), "dst": tables.dst.astype(dtype, copy=False)}),
@@ -75,6 +89,8 @@ def write_snapshot(directory: str | os.PathLike, tables: GraphTables) -> list[st
     if tables.features is not None:
         pq.write_table(features_table(tables.features), d / FEATURES)
         files.append(FEATURES)
+    if hasattr(writer, "add_files"):
+        writer.add_files(files)
     return files
 
 
@@ -104,42 +120,45 @@ def _list_array(list_type, offsets: pa.Array, values: pa.Array) -> pa.Array:
     return pa.LargeListArray.from_arrays(offsets, values)
 
 
-def read_edges(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    t = pq.read_table(Path(directory) / EDGES)
+def read_edges(directory: Where) -> tuple[np.ndarray, np.ndarray]:
+    """``(src, dst)`` of the snapshot's canonical undirected edges."""
+    t = pq.read_table(_dir(directory) / EDGES)
     return (
         t.column("src").combine_chunks().to_numpy(),
         t.column("dst").combine_chunks().to_numpy(),
     )
 
 
-def read_nodes(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def read_nodes(directory: Where) -> tuple[np.ndarray, np.ndarray]:
     """``(labels int64, split int8)`` in contiguous-id order."""
-    t = pq.read_table(Path(directory) / NODES, columns=["label", "split"])
+    t = pq.read_table(_dir(directory) / NODES, columns=["label", "split"])
     labels = t.column("label").combine_chunks().to_numpy().astype(np.int64)
     split = t.column("split").combine_chunks().to_numpy().astype(np.int8)
     return labels, split
 
 
-def read_node_ids(directory: str | os.PathLike) -> pa.Array:
-    return pq.read_table(Path(directory) / NODES, columns=["node_id"]).column("node_id").combine_chunks()
+def read_node_ids(directory: Where) -> pa.Array:
+    """The user's node ids, position = contiguous id."""
+    return pq.read_table(_dir(directory) / NODES, columns=["node_id"]).column("node_id").combine_chunks()
 
 
-def has_features(directory: str | os.PathLike) -> bool:
-    return (Path(directory) / FEATURES).exists()
+def has_features(directory: Where) -> bool:
+    """Whether the snapshot has node features."""
+    return (_dir(directory) / FEATURES).exists()
 
 
-def read_features(directory: str | os.PathLike) -> Features | None:
+def read_features(directory: Where) -> Features | None:
     """Dense ``float32`` array or scipy CSR matrix, or ``None`` for a featureless graph."""
-    path = Path(directory) / FEATURES
+    path = _dir(directory) / FEATURES
     if not path.exists():
         return None
     return _features_from_table(pq.read_table(path))
 
 
-def read_feature_rows(directory: str | os.PathLike, rows: np.ndarray) -> Features | None:
+def read_feature_rows(directory: Where, rows: np.ndarray) -> Features | None:
     """Rows ``rows`` of the features (in that order), streaming the file in record batches so that
     memory holds one batch, not the whole matrix; ``None`` for a featureless graph."""
-    path = Path(directory) / FEATURES
+    path = _dir(directory) / FEATURES
     if not path.exists():
         return None
     rows = np.asarray(rows, dtype=np.int64)

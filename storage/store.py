@@ -9,12 +9,13 @@
         features/<fingerprint>/      normalized features (.npy) + statistics + manifest.json
         partitions/<fingerprint>/    METIS clusters and the permuted CSR (.npy) + manifest.json
         node_data/<fingerprint>/     features, labels, split in partition order (.npy) + manifest.json
+        evaluation/<key>/            metrics, predictions (Parquet), confusion matrix, embedding sample
         checkpoints/<key>/           training checkpoints (last.pt, best.pt)
         tuned/                       best.yaml + best.json from `graphpipe tune`, study.db (Optuna)
-        predictions/<fingerprint>/   scored nodes (Parquet) + manifest.json
 
-Every directory is published whole (see :mod:`storage.atomic`); a directory with a
-``manifest.json`` is complete. The manifest records each file's size and checksum: a reused output
+Stage outputs are read and published through :mod:`storage.outputs` (:meth:`Store.output`,
+:meth:`Store.publish`); manifests are :mod:`storage.manifest`'s. Every directory is published whole
+(see :mod:`storage.atomic`); a directory with a ``manifest.json`` is complete. The manifest records each file's size and checksum: a reused output
 whose sizes do not match is treated as missing and rebuilt (:func:`reusable`), and
 ``graphpipe verify`` checks every checksum (:mod:`storage.verify`). A run holds the graph's lock
 (``.lock``, :mod:`storage.locks`) while it writes. Fingerprints cover the inputs' content and the parameters, so a
@@ -86,6 +87,17 @@ class NodeDataRef:
     path: str
     fingerprint: str
     partition: PartitionRef
+    reused: bool = field(default=False, compare=False)
+
+
+@dataclass(frozen=True)
+class EvaluationRef:
+    """The evaluation of a trained model on the full graph: its metrics, and where its outputs
+    (predictions, confusion matrix, embedding sample: :mod:`storage.evaluation`) are."""
+
+    path: str
+    metrics: dict[str, float]
+    key: str = ""
     reused: bool = field(default=False, compare=False)
 
 
@@ -166,33 +178,29 @@ class Store:
                                f"use Store.output / put_object instead")
 
     def snapshot_dir(self, name: str, fingerprint: str) -> Path:
-        self._local_only("snapshot_dir")
-        return self.graph_dir(name) / "snapshots" / fingerprint
+        """Where snapshot ``fingerprint`` of graph ``name`` lives (stages use :meth:`output`)."""
+        return self.output(name, "snapshot", fingerprint).path
 
     def features_dir(self, name: str, fingerprint: str) -> Path:
-        self._local_only("features_dir")
-        return self.graph_dir(name) / "features" / fingerprint
+        """Where normalized features ``fingerprint`` live (stages use :meth:`output`)."""
+        return self.output(name, "features", fingerprint).path
 
     def partition_dir(self, name: str, fingerprint: str) -> Path:
-        self._local_only("partition_dir")
-        return self.graph_dir(name) / "partitions" / fingerprint
+        """Where partition ``fingerprint`` lives (stages use :meth:`output`)."""
+        return self.output(name, "partition", fingerprint).path
 
     def node_data_dir(self, name: str, fingerprint: str) -> Path:
-        self._local_only("node_data_dir")
-        return self.graph_dir(name) / "node_data" / fingerprint
+        """Where node data ``fingerprint`` lives (stages use :meth:`output`)."""
+        return self.output(name, "node_data", fingerprint).path
 
     def checkpoint_dir(self, name: str, key: str) -> Path:
         self._local_only("checkpoint_dir")
         return self.graph_dir(name) / "checkpoints" / key
 
-    def predictions_dir(self, name: str, fingerprint: str) -> Path:
-        self._local_only("predictions_dir")
-        return self.graph_dir(name) / "predictions" / fingerprint
-
     # -- stage outputs (storage.outputs) ----------------------------------------------------
     def output(self, graph: str, kind: str, key: str):
         """The stage output ``kind`` (``snapshot``, ``features``, ``partition``, ``node_data``,
-        ``evaluation``, ``predictions``) of ``graph`` with ``key``: see :mod:`storage.outputs`."""
+        ``evaluation``) of ``graph`` with ``key``: see :mod:`storage.outputs`."""
         from storage.outputs import Output
 
         return Output(self, graph, kind, key)
@@ -322,3 +330,21 @@ class Store:
         if raw is None:
             return []
         return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+
+
+def output_at(location):
+    """The :class:`storage.outputs.Output` at ``location``, a path or URI a stage reference
+    recorded (``<store>/graphs/<graph>/<kind folder>/<key>``), its store found from the location
+    itself; an ``Output`` is returned as it is. ValueError for one that is not a stage output."""
+    from storage.fs import is_uri
+    from storage.outputs import Output
+
+    if isinstance(location, Output):
+        return location
+    if is_uri(str(location)):
+        root, sep, _ = str(location).rpartition("/graphs/")
+        if not sep:
+            raise ValueError(f"{location} is not a stage output of a store")
+        return Store(root).open(str(location))
+    p = Path(location).expanduser().resolve()
+    return Store(p.parent.parent.parent.parent).open(p)

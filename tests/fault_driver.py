@@ -37,22 +37,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stage {name} done", flush=True)
         return value
 
-    with Store(cfg.store).lock(cfg.data.name, cfg.lock_timeout_seconds):
+    store = Store(cfg.store)
+    with store.lock(cfg.data.name, cfg.lock_timeout_seconds):
         from tasks.ingest.snapshot import ingest_graph  # the later stages' modules (torch) only when needed
 
-        snap = step("ingest", lambda: ingest_graph(cfg))
+        snap = step("ingest", lambda: ingest_graph(cfg.data, cfg.split, store))
         out["snapshot"] = snap.fingerprint
         if args.until != "ingest":
             from tasks.normalize.features import normalize_features
-            from tasks.partition.partition import layout_node_data, partition_graph
+            from tasks.partition.layout import layout_node_data
+            from tasks.partition.partition import partition_graph
 
-            feats = step("normalize", lambda: normalize_features(snap, cfg))
+            feats = step("normalize", lambda: normalize_features(snap, cfg.normalize, store))
             out["features"] = feats.fingerprint
         if args.until not in ("ingest", "normalize"):
-            part = step("partition", lambda: partition_graph(snap, cfg))
+            part = step("partition", lambda: partition_graph(snap, cfg.partition, store))
             out["partition"] = part.fingerprint
         if args.until in ("layout", "train", "evaluate"):
-            nd = step("layout", lambda: layout_node_data(part, snap, feats, cfg))
+            nd = step("layout", lambda: layout_node_data(part, snap, feats, store))
             out["node_data"] = nd.fingerprint
         if args.until in ("train", "evaluate"):
             from tasks.train.loop import train_cluster_gcn
@@ -65,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.until == "evaluate":
             from tasks.evaluate.evaluate import evaluate_model
 
-            ev = step("evaluate", lambda: evaluate_model(trained, nd, snap, cfg))
+            ev = step("evaluate", lambda: evaluate_model(trained, nd, snap, store, device=cfg.train.device,
+                                                             seed=cfg.train.seed,
+                                                             embedding_nodes=cfg.track.embedding_plot_nodes))
             out["test_acc"] = ev.metrics["test_acc"]
     print("result " + json.dumps(out), flush=True)
     return 0

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import InputError
 from tasks.ingest.snapshot import ingest_graph
+from storage.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +77,7 @@ def good_snapshot(store: Path, tmp: Path):
     good.mkdir()
     edges = text(good / "edges.csv", "src,dst\n0,1\n1,2\n2,0\n")
     nodes = text(good / "nodes.csv", "node_id,label\n0,0\n1,1\n2,0\n")
-    return ingest_graph(config(store, {"edges": [edges], "nodes": nodes}))
+    return ingest_graph((c := config(store, {"edges": [edges], "nodes": nodes})).data, c.split, Store(c.store))
 
 
 def assert_one_line(message: str, file: str, where: str, expected: str) -> None:
@@ -337,7 +338,7 @@ def test_malformed_input_is_one_line_and_publishes_nothing(tmp_path, name):
     inputs.mkdir()
     data = case.build(inputs)
     with pytest.raises(InputError) as info:
-        ingest_graph(config(store, data, case.split))
+        ingest_graph((c := config(store, data, case.split)).data, c.split, Store(c.store))
     assert_one_line(str(info.value), str(inputs / case.file), case.where, case.expected)
     assert store_state(store) == before  # no new snapshot, no temporary directory, CURRENT.json unchanged
     assert json.loads(before["CURRENT.json"])["fingerprint"] == good.fingerprint
@@ -401,12 +402,12 @@ def test_unreadable_file_is_one_line(tmp_path):
             drop = f"os.setgid({nobody.pw_gid})\nos.setuid({nobody.pw_uid})\n"
         script = (
             "import os, sys\nfrom tasks.config import PipelineConfig\nfrom tasks.errors import InputError\n"
-            "from tasks.ingest.snapshot import ingest_graph\n"
+            "from storage.store import Store\nfrom tasks.ingest.snapshot import ingest_graph\n"
             "def cfg(path, store):\n"
             "    return PipelineConfig.model_validate({'store': store, 'data': {'edges': [path]}})\n"
-            f"ingest_graph(cfg({str(good)!r}, {str(tmp_path / 'warm')!r}))\n"  # imports every module first
+            f"ingest_graph((c := cfg({str(good)!r}, {str(tmp_path / 'warm')!r})).data, c.split, Store(c.store))\n"  # imports every module first
             + drop +
-            f"try:\n    ingest_graph(cfg({str(edges)!r}, {str(work / 'store')!r}))\n"
+            f"try:\n    ingest_graph((c := cfg({str(edges)!r}, {str(work / 'store')!r})).data, c.split, Store(c.store))\n"
             "except InputError as e:\n    print(e)\n    sys.exit(2)\n"
         )
         proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,

@@ -163,14 +163,16 @@ def test_sigkill_of_the_main_process_alone_ends_the_metis_child(tmp_path):
     rng = np.random.default_rng(0)
     src = rng.integers(0, n, n * deg // 2)
     dst = rng.integers(0, n, n * deg // 2)
-    from tasks.partition.partition import build_csr
+    from tasks.partition.csr import build_csr
 
     indptr, indices = build_csr(src, dst, n, index_dtype=np.int64)
     np.save(tmp_path / "indptr.npy", indptr)
     np.save(tmp_path / "indices.npy", indices)
     parent = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from tasks.partition.partition import _run_metis; "
-         f"_run_metis(Path(sys.argv[1]), {n}, {len(indices)}, 512, 0, 20)", str(tmp_path)],
+        [sys.executable, "-c", "import sys; from pathlib import Path; from tasks.partition.metis import run_metis; "
+         "d = Path(sys.argv[1]); "
+         f"run_metis(d / 'indptr.npy', d / 'indices.npy', d / 'assignment.npy', {n}, {len(indices)}, 512, 0)",
+         str(tmp_path)],
         cwd=ROOT, start_new_session=True,
     )
     try:
@@ -183,7 +185,7 @@ def test_sigkill_of_the_main_process_alone_ends_the_metis_child(tmp_path):
         gone = wait_for(lambda: (not child.is_running() or child.status() == psutil.STATUS_ZOMBIE) and time.monotonic(),
                         "METIS to end", 10)
         assert gone - t0 < 10
-        assert not (tmp_path / "result.json").exists(), "METIS finished on its own: the test proves nothing"
+        assert not (tmp_path / "assignment.npy").exists(), "METIS finished on its own: the test proves nothing"
     finally:
         try:
             os.killpg(parent.pid, signal.SIGKILL)

@@ -41,7 +41,7 @@ def config(tmp_path: Path, split: dict | None = None, **data) -> PipelineConfig:
 
 
 def ingest(tmp_path: Path, split: dict | None = None, **data) -> SimpleNamespace:
-    ref = ingest_graph(config(tmp_path, split, **data))
+    ref = ingest_graph((c := config(tmp_path, split, **data)).data, c.split, Store(c.store))
     src, dst = read_edges(ref.path)
     labels, codes = read_nodes(ref.path)
     return SimpleNamespace(
@@ -71,7 +71,7 @@ def parquet(path: Path, columns: dict) -> Path:
 
 def error(tmp_path: Path, split: dict | None = None, **data) -> str:
     with pytest.raises(InputError) as info:
-        ingest_graph(config(tmp_path, split, **data))
+        ingest_graph((c := config(tmp_path, split, **data)).data, c.split, Store(c.store))
     return str(info.value)
 
 
@@ -395,23 +395,23 @@ def test_unknown_nodes_add_with_sparse_features(tmp_path):
 def test_cache_hit_skips_work_and_sets_current(tmp_path, caplog, monkeypatch):
     edges = write(tmp_path / "e.csv", rows_text(","))
     cfg = config(tmp_path, edges=[edges])
-    first = ingest_graph(cfg)
-    other = ingest_graph(config(tmp_path, edges=[write(tmp_path / "f.csv", "1,2\n")]))
+    first = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
+    other = ingest_graph((c := config(tmp_path, edges=[write(tmp_path / "f.csv", "1,2\n")])).data, c.split, Store(c.store))
     assert Store(cfg.store).current_snapshot("g") == other
     monkeypatch.setattr(ingest_module, "build_graph", lambda *a, **k: pytest.fail("rebuilt on a cache hit"))
     with caplog.at_level(logging.INFO, logger="tasks.ingest.snapshot"):
-        again = ingest_graph(cfg)
+        again = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
     assert again == first and "cache hit" in caplog.text
     assert Store(cfg.store).current_snapshot("g") == first
 
 
 def test_fingerprint_follows_content_and_settings_not_name(tmp_path):
     edges = write(tmp_path / "e.csv", rows_text(","))
-    base = ingest_graph(config(tmp_path, edges=[edges])).fingerprint
-    assert ingest_graph(config(tmp_path, edges=[edges], name="other")).fingerprint == base
-    assert ingest_graph(config(tmp_path, {"seed": 3}, edges=[edges])).fingerprint != base
+    base = ingest_graph((c := config(tmp_path, edges=[edges])).data, c.split, Store(c.store)).fingerprint
+    assert ingest_graph((c := config(tmp_path, edges=[edges], name="other")).data, c.split, Store(c.store)).fingerprint == base
+    assert ingest_graph((c := config(tmp_path, {"seed": 3}, edges=[edges])).data, c.split, Store(c.store)).fingerprint != base
     write(edges, rows_text(",") + "50,60\n")
-    assert ingest_graph(config(tmp_path, edges=[edges])).fingerprint != base
+    assert ingest_graph((c := config(tmp_path, edges=[edges])).data, c.split, Store(c.store)).fingerprint != base
 
 
 def _store_state(tmp_path: Path) -> tuple[bytes, list[str]]:
@@ -422,13 +422,13 @@ def _store_state(tmp_path: Path) -> tuple[bytes, list[str]]:
 def test_failed_ingest_leaves_previous_snapshot_and_current(tmp_path, monkeypatch):
     nodes = parquet(tmp_path / "n.parquet", {"node_id": [10, 20, 30, 40]})
     edges = write(tmp_path / "e.csv", rows_text(","))
-    good = ingest_graph(config(tmp_path, edges=[edges], nodes=nodes))
+    good = ingest_graph((c := config(tmp_path, edges=[edges], nodes=nodes)).data, c.split, Store(c.store))
     before = _store_state(tmp_path)
     assert before[1] == [good.fingerprint]
 
     write(edges, rows_text(",") + "10,77\n")  # validation fails before anything is written
     with pytest.raises(InputError, match="77"):
-        ingest_graph(config(tmp_path, edges=[edges], nodes=nodes))
+        ingest_graph((c := config(tmp_path, edges=[edges], nodes=nodes)).data, c.split, Store(c.store))
     assert _store_state(tmp_path) == before
 
     write(edges, rows_text(",") + "10,30\n")  # valid, but writing fails half-way
@@ -437,17 +437,17 @@ def test_failed_ingest_leaves_previous_snapshot_and_current(tmp_path, monkeypatc
         raise OSError("disk full")
     monkeypatch.setattr(ingest_module, "write_snapshot", broken)
     with pytest.raises(OSError, match="disk full"):
-        ingest_graph(config(tmp_path, edges=[edges], nodes=nodes))
+        ingest_graph((c := config(tmp_path, edges=[edges], nodes=nodes)).data, c.split, Store(c.store))
     assert _store_state(tmp_path) == before
     assert is_complete(good.path) and json.loads(before[0])["fingerprint"] == good.fingerprint
 
 
 def test_damaged_snapshot_directory_is_rebuilt(tmp_path):
     edges = write(tmp_path / "e.csv", rows_text(","))
-    ref = ingest_graph(config(tmp_path, edges=[edges]))
+    ref = ingest_graph((c := config(tmp_path, edges=[edges])).data, c.split, Store(c.store))
     (Path(ref.path) / "edges.parquet").unlink()
     assert not is_complete(ref.path)
-    assert ingest_graph(config(tmp_path, edges=[edges])) == ref
+    assert ingest_graph((c := config(tmp_path, edges=[edges])).data, c.split, Store(c.store)) == ref
     assert is_complete(ref.path)
 
 

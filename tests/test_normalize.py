@@ -33,7 +33,7 @@ def _cfg(tmp_path, method):
 
 
 def test_row_normalization_exact(tmp_path):
-    ref = normalize_features(_snapshot(tmp_path, np.abs(X)), _cfg(tmp_path, "row"))
+    ref = normalize_features(_snapshot(tmp_path, np.abs(X)), (c := _cfg(tmp_path, "row")).normalize, Store(c.store))
     x = np.load(Path(ref.path) / "x.npy")
     np.testing.assert_allclose(x[0], [0.25, 0.75, 0.0])
     np.testing.assert_array_equal(x[1], [0, 0, 0])  # zero row stays zero
@@ -41,7 +41,7 @@ def test_row_normalization_exact(tmp_path):
 
 
 def test_standard_uses_training_rows_only_and_is_saved(tmp_path):
-    ref = normalize_features(_snapshot(tmp_path, X), _cfg(tmp_path, "standard"))
+    ref = normalize_features(_snapshot(tmp_path, X), (c := _cfg(tmp_path, "standard")).normalize, Store(c.store))
     stats = json.loads((Path(ref.path) / "stats.json").read_text())
     # train rows 0 and 1: mean (0.5, 1.5, 0), std (0.5, 1.5, 0 -> 1)
     assert stats["mean"] == [0.5, 1.5, 0.0]
@@ -57,7 +57,7 @@ def test_auto_and_none(tmp_path):
     assert resolve_method("auto", np.abs(X)) == "l2"
     assert resolve_method("auto", X) == "standard"
     assert resolve_method("auto", sp.csr_matrix(np.abs(X))) == "l2"
-    ref = normalize_features(_snapshot(tmp_path, X), _cfg(tmp_path, "none"))
+    ref = normalize_features(_snapshot(tmp_path, X), (c := _cfg(tmp_path, "none")).normalize, Store(c.store))
     np.testing.assert_array_equal(np.load(Path(ref.path) / "x.npy"), X)
 
 
@@ -72,16 +72,16 @@ def test_sparse_features_give_the_same_result_as_dense():
 
 def test_cached_by_snapshot_and_method(tmp_path):
     snap = _snapshot(tmp_path, X)
-    a = normalize_features(snap, _cfg(tmp_path, "standard"))
+    a = normalize_features(snap, (c := _cfg(tmp_path, "standard")).normalize, Store(c.store))
     mtime = (Path(a.path) / "x.npy").stat().st_mtime_ns
-    assert normalize_features(snap, _cfg(tmp_path, "standard")).path == a.path
+    assert normalize_features(snap, (c := _cfg(tmp_path, "standard")).normalize, Store(c.store)).path == a.path
     assert (Path(a.path) / "x.npy").stat().st_mtime_ns == mtime
-    assert normalize_features(snap, _cfg(tmp_path, "none")).path != a.path
+    assert normalize_features(snap, (c := _cfg(tmp_path, "none")).normalize, Store(c.store)).path != a.path
 
 
 def test_featureless_graph_gets_a_constant_feature_with_structural_none(tmp_path):
     cfg = load_config(None, ["normalize.structural=none"], base={"store": str(tmp_path / "store"), "data": {"name": "g"}})
-    ref = normalize_features(_snapshot(tmp_path, None), cfg)
+    ref = normalize_features(_snapshot(tmp_path, None), cfg.normalize, Store(cfg.store))
     np.testing.assert_array_equal(np.load(Path(ref.path) / "x.npy"), np.ones((4, 1), np.float32))
     assert load_stats(ref).encoding() == "constant"
 
@@ -100,7 +100,7 @@ def test_standard_statistics_in_chunks_equal_numpy(monkeypatch):
 
 
 def test_l2_normalization_exact(tmp_path):
-    ref = normalize_features(_snapshot(tmp_path, np.abs(X)), _cfg(tmp_path, "l2"))
+    ref = normalize_features(_snapshot(tmp_path, np.abs(X)), (c := _cfg(tmp_path, "l2")).normalize, Store(c.store))
     x = np.load(Path(ref.path) / "x.npy")
     np.testing.assert_allclose(x[0], np.array([1.0, 3.0, 0.0]) / np.sqrt(10), rtol=1e-6)
     np.testing.assert_array_equal(x[1], [0, 0, 0])  # zero row stays zero
@@ -120,7 +120,7 @@ def test_sparse_features_are_written_as_csr_equal_to_the_dense_normalization(tmp
     snap = _snapshot(tmp_path, sp.csr_matrix(x))
     cfg = load_config(None, [f"normalize.method={method}", "normalize.sparse_below=0.1"],
                       base={"store": str(tmp_path / "store"), "data": {"name": "g"}})
-    ref = normalize_features(snap, cfg)
+    ref = normalize_features(snap, cfg.normalize, Store(cfg.store))
     assert has_sparse_x(ref.path) and not (Path(ref.path) / "x.npy").exists()
     stats = load_stats(ref)
     assert stats.sparse and stats.method == method
@@ -133,7 +133,7 @@ def test_sparse_features_are_written_as_csr_equal_to_the_dense_normalization(tmp
     # a dense threshold of 0 keeps the matrix dense, with the same values
     dense_cfg = load_config(None, [f"normalize.method={method}", "normalize.sparse_below=0"],
                             base={"store": str(tmp_path / "store"), "data": {"name": "g"}})
-    dense_ref = normalize_features(snap, dense_cfg)
+    dense_ref = normalize_features(snap, dense_cfg.normalize, Store(dense_cfg.store))
     np.testing.assert_allclose(np.load(Path(dense_ref.path) / "x.npy"), apply_stats(x, stats), rtol=1e-6, atol=1e-6)
 
 

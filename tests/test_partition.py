@@ -12,6 +12,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+import tasks.partition.layout as layout_mod
+import tasks.partition.metis as metis_mod
 import tasks.partition.partition as partition_mod
 from storage.arrays import ClusterGraph, open_array, write_arrays
 from storage.atomic import publish_dir, read_json
@@ -29,13 +31,9 @@ from storage.store import (
 )
 from tasks.config import PartitionConfig, PipelineConfig
 from tasks.errors import InputError
-from tasks.partition.partition import (
-    build_csr,
-    layout_node_data,
-    load_cluster_graph,
-    partition_graph,
-    resolve_num_parts,
-)
+from tasks.partition.csr import build_csr
+from tasks.partition.layout import layout_node_data, load_cluster_graph
+from tasks.partition.partition import partition_graph, resolve_num_parts
 
 CORA = Path("/work/shared/data/cora")
 TWO_TRIANGLES = ([0, 0, 1, 2, 3, 3, 4], [1, 2, 2, 3, 4, 5, 5])
@@ -174,7 +172,7 @@ def test_more_parts_than_nodes_is_an_input_error_naming_both_numbers(tmp_path):
     config = make_config(tmp_path, num_parts=100)
     snap = make_snapshot(config, *TWO_TRIANGLES, 12)
     with pytest.raises(InputError) as err:
-        partition_graph(snap, config)
+        partition_graph(snap, config.partition, Store(config.store))
     message = str(err.value)
     assert "partition.num_parts=100" in message and "12 nodes" in message and snap.path in message
     assert not Store(config.store).graph_dir("g").joinpath("partitions").exists()
@@ -190,7 +188,7 @@ def test_fewer_than_one_part_is_an_input_error(k):
 def test_two_triangles_joined_by_one_edge(tmp_path):
     config = make_config(tmp_path, num_parts=2)
     snap = make_snapshot(config, *TWO_TRIANGLES, 6)
-    ref = partition_graph(snap, config)
+    ref = partition_graph(snap, config.partition, Store(config.store))
     assert isinstance(ref, PartitionRef) and ref.num_parts == 2 and is_complete(ref.path)
     d = ref.path
     assert open_array(d, "cluster_ptr").tolist() == [0, 3, 6]
@@ -223,7 +221,7 @@ def test_permuted_csr_is_P_A_Pt(tmp_path, k):
     split = np.where(np.arange(n) < 10, SPLIT_TRAIN, SPLIT_TEST)
     config = make_config(tmp_path, num_parts=k)
     snap = make_snapshot(config, src, dst, n, labels=labels, split=split)
-    ref = partition_graph(snap, config)
+    ref = partition_graph(snap, config.partition, Store(config.store))
     g = ClusterGraph(
         cluster_ptr=open_array(ref.path, "cluster_ptr"), node_cluster=open_array(ref.path, "node_cluster"),
         indptr=open_array(ref.path, "indptr"), indices=open_array(ref.path, "indices"),
@@ -259,9 +257,9 @@ def test_one_part_skips_metis(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("METIS must not run for one part")
 
-    monkeypatch.setattr(partition_mod, "_run_metis", boom)
+    monkeypatch.setattr(partition_mod, "run_metis", boom)
     config = make_config(tmp_path, num_parts=1)
-    ref = partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config)
+    ref = partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config.partition, Store(config.store))
     assert open_array(ref.path, "assignment").tolist() == [0] * 6
     assert open_array(ref.path, "cluster_ptr").tolist() == [0, 6]
 
@@ -269,7 +267,7 @@ def test_one_part_skips_metis(tmp_path, monkeypatch):
 def test_cache_hit_returns_the_same_partition_without_recomputing(tmp_path, monkeypatch, caplog):
     config = make_config(tmp_path, num_parts=2)
     snap = make_snapshot(config, *TWO_TRIANGLES, 6)
-    first = partition_graph(snap, config)
+    first = partition_graph(snap, config.partition, Store(config.store))
     created = read_manifest(first.path)["created_at"]
     mtime = os.stat(Path(first.path) / "indices.npy").st_mtime_ns
 
@@ -278,7 +276,7 @@ def test_cache_hit_returns_the_same_partition_without_recomputing(tmp_path, monk
 
     monkeypatch.setattr(partition_mod, "build_csr", boom)
     with caplog.at_level(logging.INFO, logger="tasks.partition.partition"):
-        second = partition_graph(snap, config)
+        second = partition_graph(snap, config.partition, Store(config.store))
     assert second == first
     assert "cache hit" in caplog.text
     assert read_manifest(second.path)["created_at"] == created
@@ -287,36 +285,36 @@ def test_cache_hit_returns_the_same_partition_without_recomputing(tmp_path, monk
 
     changed = make_snapshot(config, TWO_TRIANGLES[0] + [0], TWO_TRIANGLES[1] + [5], 6)
     assert changed.fingerprint != snap.fingerprint
-    third = partition_graph(changed, config)
+    third = partition_graph(changed, config.partition, Store(config.store))
     assert third.path != first.path and third.fingerprint != first.fingerprint
     assert read_manifest(third.path)["counts"]["num_edges"] == 8
-    other_seed = partition_graph(snap, make_config(tmp_path, num_parts=2, seed=1))
+    other_seed = partition_graph(snap, (c := make_config(tmp_path, num_parts=2, seed=1)).partition, Store(c.store))
     assert other_seed.path != first.path
 
 
 def test_auto_num_parts_with_the_same_result_shares_the_cache(tmp_path):
     config = make_config(tmp_path, num_parts=2)
     snap = make_snapshot(config, *TWO_TRIANGLES, 6)
-    fixed = partition_graph(snap, config)
+    fixed = partition_graph(snap, config.partition, Store(config.store))
     auto = config.model_copy(update={"partition": PartitionConfig(num_parts="auto", target_cluster_size=3)})
-    assert partition_graph(snap, auto) == fixed
+    assert partition_graph(snap, auto.partition, Store(auto.store)) == fixed
 
 
 def test_progress_logs_before_and_after_metis(tmp_path, caplog):
     config = make_config(tmp_path, num_parts=2)
-    with caplog.at_level(logging.INFO, logger="tasks.partition.partition"):
-        partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config, progress=True)
+    with caplog.at_level(logging.INFO, logger="graphpipe.progress"):
+        partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config.partition, Store(config.store))
     assert "METIS running" in caplog.text and "METIS done in" in caplog.text
 
 
 def test_metis_runs_in_a_child_process_that_reports_elapsed_time(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(partition_mod, "METIS_HEARTBEAT_SECONDS", 0.05)  # the child takes longer to start
+    monkeypatch.setattr(metis_mod, "METIS_HEARTBEAT_SECONDS", 0.05)  # the child takes longer to start
     config = make_config(tmp_path, num_parts=2)
-    with caplog.at_level(logging.INFO, logger="tasks.partition.partition"):
-        ref = partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config, progress=True)
+    with caplog.at_level(logging.INFO, logger="graphpipe.progress"):
+        ref = partition_graph(make_snapshot(config, *TWO_TRIANGLES, 6), config.partition, Store(config.store))
     assert "s elapsed (2 parts, 6 nodes)" in caplog.text
     published = sorted(p.name for p in Path(ref.path).iterdir())
-    assert ".metis" not in published  # the CSR handed to METIS is not published
+    assert not [p for p in published if p.startswith(".")]  # the CSR handed to METIS is not published
     assert sorted(read_manifest(ref.path)["files"]) == sorted(set(published) - {"manifest.json"})
 
 
@@ -330,9 +328,9 @@ def _fake_python(tmp_path: Path, body: str) -> str:
 def test_a_failing_metis_process_is_a_clear_error_and_publishes_nothing(tmp_path, monkeypatch):
     config = make_config(tmp_path, num_parts=2)
     snap = make_snapshot(config, *TWO_TRIANGLES, 6)
-    monkeypatch.setattr(partition_mod.sys, "executable", _fake_python(tmp_path, "echo 'METIS: out of memory' >&2; exit 3"))
+    monkeypatch.setattr(metis_mod.sys, "executable", _fake_python(tmp_path, "echo 'METIS: out of memory' >&2; exit 3"))
     with pytest.raises(RuntimeError, match=r"METIS failed \(exit status 3\) on 6 nodes, 2 parts: METIS: out of memory"):
-        partition_graph(snap, config)
+        partition_graph(snap, config.partition, Store(config.store))
     assert _no_partition_published(config)
 
 
@@ -340,8 +338,8 @@ def test_an_interrupted_partition_stage_kills_metis(tmp_path, monkeypatch, caplo
     config = make_config(tmp_path, num_parts=2)
     snap = make_snapshot(config, *TWO_TRIANGLES, 6)
     pid_file = tmp_path / "metis.pid"
-    monkeypatch.setattr(partition_mod.sys, "executable", _fake_python(tmp_path, f"echo $$ > {pid_file}; exec sleep 20"))
-    monkeypatch.setattr(partition_mod, "METIS_HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(metis_mod.sys, "executable", _fake_python(tmp_path, f"echo $$ > {pid_file}; exec sleep 20"))
+    monkeypatch.setattr(metis_mod, "METIS_HEARTBEAT_SECONDS", 0.2)
 
     class Interrupt(logging.Handler):
         def emit(self, record):
@@ -349,12 +347,12 @@ def test_an_interrupted_partition_stage_kills_metis(tmp_path, monkeypatch, caplo
                 raise KeyboardInterrupt  # what a cancelled run raises in the stage's thread
 
     handler = Interrupt()
-    partition_mod.log.addHandler(handler)
+    metis_mod.PROGRESS.addHandler(handler)
     try:
-        with caplog.at_level(logging.INFO, logger="tasks.partition.partition"), pytest.raises(KeyboardInterrupt):
-            partition_graph(snap, config, progress=True)
+        with caplog.at_level(logging.INFO, logger="graphpipe.progress"), pytest.raises(KeyboardInterrupt):
+            partition_graph(snap, config.partition, Store(config.store))
     finally:
-        partition_mod.log.removeHandler(handler)
+        metis_mod.PROGRESS.removeHandler(handler)
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped
@@ -371,7 +369,7 @@ def test_failure_midway_publishes_no_partial_directory(tmp_path):
     snap = make_snapshot(config, *TWO_TRIANGLES, 6)
     (Path(snap.path) / "nodes.parquet").write_bytes(b"not parquet at all")  # read after METIS
     with pytest.raises(pa.ArrowInvalid):
-        partition_graph(snap, config)
+        partition_graph(snap, config.partition, Store(config.store))
     assert _no_partition_published(config)  # neither the final nor a temporary directory
 
 
@@ -387,7 +385,7 @@ def test_failure_after_arrays_were_written_removes_them(tmp_path, monkeypatch):
 
     monkeypatch.setattr(partition_mod, "read_nodes", failing_read_nodes)
     with pytest.raises(OSError, match="disk went away"):
-        partition_graph(snap, config)
+        partition_graph(snap, config.partition, Store(config.store))
     assert "indices.npy" in seen and "perm.npy" in seen  # a partial directory existed...
     assert _no_partition_published(config)  # ...and is gone
 
@@ -399,7 +397,7 @@ def test_edges_outside_the_manifest_node_count_are_an_input_error(tmp_path):
     manifest["counts"]["num_nodes"] = 5
     write_manifest(snap.path, manifest)
     with pytest.raises(InputError, match="edges.parquet: edge endpoint 5 is outside"):
-        partition_graph(snap, config)
+        partition_graph(snap, config.partition, Store(config.store))
     assert _no_partition_published(config)
 
 
@@ -414,9 +412,9 @@ def test_layout_node_data_follows_the_permutation(tmp_path, monkeypatch, caplog)
     config = make_config(tmp_path, num_parts=4)
     snap = make_snapshot(config, src, dst, n, labels=labels, split=split)
     feats = make_features(config, snap, x)
-    part = partition_graph(snap, config)
-    monkeypatch.setattr(partition_mod, "_LAYOUT_CHUNK_BYTES", 3 * 7 * 4)  # several slices of 3 rows
-    nd = layout_node_data(part, snap, feats, config)
+    part = partition_graph(snap, config.partition, Store(config.store))
+    monkeypatch.setattr(layout_mod, "_LAYOUT_CHUNK_BYTES", 3 * 7 * 4)  # several slices of 3 rows
+    nd = layout_node_data(part, snap, feats, Store(config.store))
     perm = open_array(part.path, "perm")
     xs, ys, ss = open_array(nd.path, "x"), open_array(nd.path, "y"), open_array(nd.path, "split")
     assert xs.dtype == np.float32 and ys.dtype == np.int64 and ss.dtype == np.int8
@@ -427,8 +425,8 @@ def test_layout_node_data_follows_the_permutation(tmp_path, monkeypatch, caplog)
     assert manifest["counts"]["val_nodes"] == int((split == SPLIT_VAL).sum())
     assert nd.partition == part
 
-    with caplog.at_level(logging.INFO, logger="tasks.partition.partition"):
-        assert layout_node_data(part, snap, feats, config) == nd
+    with caplog.at_level(logging.INFO, logger="tasks.partition.layout"):
+        assert layout_node_data(part, snap, feats, Store(config.store)) == nd
     assert "cache hit" in caplog.text
 
     g = load_cluster_graph(nd)
@@ -441,9 +439,9 @@ def test_layout_rejects_features_of_another_size(tmp_path):
     config = make_config(tmp_path, num_parts=2)
     snap = make_snapshot(config, *TWO_TRIANGLES, 6)
     feats = make_features(config, snap, np.ones((5, 3)))
-    part = partition_graph(snap, config)
+    part = partition_graph(snap, config.partition, Store(config.store))
     with pytest.raises(InputError, match=r"\(5, 3\)"):
-        layout_node_data(part, snap, feats, config)
+        layout_node_data(part, snap, feats, Store(config.store))
     assert not (Store(config.store).graph_dir("g") / "node_data").exists() or not any(
         (Store(config.store).graph_dir("g") / "node_data").iterdir()
     )
@@ -463,7 +461,7 @@ def test_cora_eight_parts_cut_and_balance(tmp_path):
     snap = make_snapshot(
         config, edges.column("src").to_numpy(), edges.column("dst").to_numpy(), n, labels, split, name="cora"
     )
-    ref = partition_graph(snap, config)
+    ref = partition_graph(snap, config.partition, Store(config.store))
     counts = read_manifest(ref.path)["counts"]
     assert counts["num_nodes"] == 2708 and counts["num_edges"] == 5278 and counts["nnz"] == 10556
     assert counts["edge_cut_fraction"] < 0.25
@@ -498,9 +496,9 @@ def test_layout_of_sparse_features_permutes_csr_rows(tmp_path, monkeypatch):
         np.save(tmp / "x_shift.npy", shift)
         write_manifest(tmp, make_manifest("features", fp, params={}, inputs={}, counts={}, files=files))
     feats = FeaturesRef(path=str(final), fingerprint=fp, method="standard")
-    part = partition_graph(snap, config)
-    monkeypatch.setattr(partition_mod, "_LAYOUT_CHUNK_BYTES", 40)  # several slices
-    nd = layout_node_data(part, snap, feats, config)
+    part = partition_graph(snap, config.partition, Store(config.store))
+    monkeypatch.setattr(layout_mod, "_LAYOUT_CHUNK_BYTES", 40)  # several slices
+    nd = layout_node_data(part, snap, feats, Store(config.store))
     perm = open_array(part.path, "perm")
     g = load_cluster_graph(nd)
     assert isinstance(g.x, CSRRows) and g.sparse_x and g.num_features == 9

@@ -13,8 +13,10 @@ from tasks.synthetic.generate import GeneratorConfig, generate_graph
 from tasks.evaluate.health import chance_level, check_run_health
 from tasks.ingest.snapshot import ingest_graph
 from tasks.normalize.features import normalize_features
-from tasks.partition.partition import layout_node_data, partition_graph
+from tasks.partition.layout import layout_node_data
+from tasks.partition.partition import partition_graph
 from tests.conftest import dataset
+from storage.store import Store
 
 
 def _history(train, val):
@@ -84,8 +86,8 @@ def _node_data(tmp_path, signal: float, seed: int = 5):
                                          seed=seed), tmp_path / "input")
     cfg = load_config(None, ["partition.num_parts=8"], base={
         "store": str(tmp_path / "store"), "data": {"name": "g", "edges": [str(gen.edges_path)], "nodes": str(gen.nodes_path)}})
-    snap = ingest_graph(cfg)
-    return layout_node_data(partition_graph(snap, cfg), snap, normalize_features(snap, cfg), cfg)
+    snap = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
+    return layout_node_data(partition_graph(snap, cfg.partition, Store(cfg.store)), snap, normalize_features(snap, cfg.normalize, Store(cfg.store)), Store(cfg.store))
 
 
 def test_baseline_learns_informative_features_and_not_noise(tmp_path):
@@ -116,9 +118,9 @@ def _real(tmp_path, name: str, *overrides: str):
     d = dataset(name)
     cfg = load_config(None, list(overrides), base={
         "store": str(tmp_path / "store"), "data": {"name": name, "edges": [str(d / "edges.csv")], "nodes": str(d / "nodes.parquet")}})
-    snap = ingest_graph(cfg)
-    features = normalize_features(snap, cfg)
-    return cfg, snap, features, layout_node_data(partition_graph(snap, cfg), snap, features, cfg)
+    snap = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
+    features = normalize_features(snap, cfg.normalize, Store(cfg.store))
+    return cfg, snap, features, layout_node_data(partition_graph(snap, cfg.partition, Store(cfg.store)), snap, features, Store(cfg.store))
 
 
 @pytest.mark.slow
@@ -139,7 +141,7 @@ def _train_and_check(tmp_path, name: str, *overrides: str):
 
     cfg, snap, features, nd = _real(tmp_path, name, *overrides)
     trained = train_cluster_gcn(nd, cfg)
-    evaluation = evaluate_model(trained, nd, snap, cfg)
+    evaluation = evaluate_model(trained, nd, snap, Store(cfg.store), device=cfg.train.device, seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
     base = train_baseline(nd, cfg.baseline, trained.num_classes)
     y, split = np.load(f"{nd.path}/y.npy"), np.load(f"{nd.path}/split.npy")
     history = load_checkpoint(f"{trained.checkpoint_dir}/model.pt")["history"]

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from storage.store import Store
 from tasks.config import load_config
 from tasks.errors import InputError
 from tasks.normalize.features import apply_stats, load_stats, normalize_features
-from tasks.partition.partition import build_csr
+from tasks.partition.csr import build_csr
 from tasks.normalize.structural import DENSE_MAX_NODES, resolve_structural, structural_encoding
 from tests.test_normalize import X, _snapshot
 
@@ -98,7 +99,7 @@ def _cfg(tmp_path, *overrides):
 
 def test_normalize_stage_encodes_a_featureless_graph_and_records_it(tmp_path):
     snap = _snapshot(tmp_path, None)
-    ref = normalize_features(snap, _cfg(tmp_path, "normalize.structural_dim=2"))
+    ref = normalize_features(snap, (c := _cfg(tmp_path, "normalize.structural_dim=2")).normalize, Store(c.store))
     x = np.load(Path(ref.path) / "x.npy")
     assert x.shape == (4, 4) and np.isfinite(x).all()
     stats = load_stats(ref)
@@ -112,15 +113,15 @@ def test_normalize_stage_encodes_a_featureless_graph_and_records_it(tmp_path):
     assert manifest["params"]["resolved_structural"] == "spectral (k=2)"
     assert manifest["counts"]["num_features"] == 4
     # another encoding is another cache entry
-    deg = normalize_features(snap, _cfg(tmp_path, "normalize.structural=degree"))
+    deg = normalize_features(snap, (c := _cfg(tmp_path, "normalize.structural=degree")).normalize, Store(c.store))
     assert deg.path != ref.path and np.load(Path(deg.path) / "x.npy").shape == (4, 2)
     assert load_stats(deg).encoding() == "degree"
 
 
 def test_structural_encoding_on_a_graph_with_features_is_an_error(tmp_path):
     with pytest.raises(InputError, match="normalize.structural=spectral is for graphs without node features"):
-        normalize_features(_snapshot(tmp_path, X), _cfg(tmp_path, "normalize.structural=spectral"))
-    ref = normalize_features(_snapshot(tmp_path, X), _cfg(tmp_path, "normalize.method=none"))
+        normalize_features(_snapshot(tmp_path, X), (c := _cfg(tmp_path, "normalize.structural=spectral")).normalize, Store(c.store))
+    ref = normalize_features(_snapshot(tmp_path, X), (c := _cfg(tmp_path, "normalize.method=none")).normalize, Store(c.store))
     assert load_stats(ref).encoding() == "features" and load_stats(ref).structural is None
 
 

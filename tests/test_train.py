@@ -10,7 +10,7 @@ from storage.store import NodeDataRef
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import InputError
 from tasks.train.model import MODEL_FILE, load_checkpoint
-from tasks.partition.partition import load_cluster_graph
+from tasks.partition.layout import load_cluster_graph
 from tasks.prepare import prepare_graph
 from tasks.train.loop import Prefetcher, resolve_clusters_per_batch, train_cluster_gcn, train_epoch
 from tests.helpers import prepared_generated

@@ -10,9 +10,11 @@ from tasks.config import PipelineConfig, load_config
 from tasks.synthetic.generate import GeneratorConfig, generate_graph
 from tasks.ingest.snapshot import ingest_graph
 from tasks.normalize.features import normalize_features
-from tasks.partition.partition import layout_node_data, partition_graph
+from tasks.partition.layout import layout_node_data
+from tasks.partition.partition import partition_graph
 from tasks.tune.study import BEST_JSON, read_best, tune_graph
 from tasks.tune.tuned import apply_tuned, tuned_config_path
+from storage.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +33,10 @@ def _cfg(store: Path, gen, *overrides: str) -> PipelineConfig:
 def test_small_tune_logs_child_runs_prunes_and_saves_the_best_config(graph_files, tmp_path):
     cfg = _cfg(tmp_path, graph_files, "train.epochs=12", "tune.trials=5", "tune.prune_startup_trials=1",
                "tune.prune_warmup_epochs=2", "tune.patience=5")
-    snap = ingest_graph(cfg)
-    part = partition_graph(snap, cfg)
-    result = tune_graph(cfg, snap, part, normalize=normalize_features, layout=layout_node_data)
+    snap = ingest_graph(cfg.data, cfg.split, Store(cfg.store))
+    part = partition_graph(snap, cfg.partition, Store(cfg.store))
+    result = tune_graph(cfg, snap, part, normalize=lambda sn, c: normalize_features(sn, c.normalize, Store(c.store)),
+                        layout=lambda pa, sn, fe, c: layout_node_data(pa, sn, fe, Store(c.store)))
 
     assert sum(result.trials.values()) == 5
     assert result.trials.get("complete", 0) >= 1
@@ -71,7 +74,8 @@ def test_small_tune_logs_child_runs_prunes_and_saves_the_best_config(graph_files
     # the saved file is a valid config file
     assert load_config(result.best_yaml).train.hidden == result.best_params["train.hidden"]
     # a rerun with the same total resumes the study: nothing more to do
-    again = tune_graph(cfg, snap, part, normalize=normalize_features, layout=layout_node_data)
+    again = tune_graph(cfg, snap, part, normalize=lambda sn, c: normalize_features(sn, c.normalize, Store(c.store)),
+                        layout=lambda pa, sn, fe, c: layout_node_data(pa, sn, fe, Store(c.store)))
     assert again.study_name == result.study_name and again.child_runs == []
     assert sum(again.trials.values()) == 5
 

@@ -13,33 +13,31 @@ block (:func:`iter_full_graph`), so callers keep only what they need (prediction
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from storage.arrays import ClusterGraph, CSRRows, Mapping, release_pages, scratch_array
-from storage.atomic import publish_dir
+from storage.evaluation import read_metrics, write_evaluation
+from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TEST, read_node_ids
-from storage.store import NodeDataRef, SnapshotRef
+from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store
 from tasks.train.batching import RowBlock, block_bounds, gcn_inverse_sqrt_degrees, row_block, sparse_csr, split_masks
-from tasks.config import PipelineConfig
 from tasks.train.model import GNN, load_trained, resolve_device
 
 if TYPE_CHECKING:
     from tasks.train.loop import TrainResult
 
 log = logging.getLogger(__name__)
+PROGRESS = logging.getLogger("graphpipe.progress")
 
 BLOCK_NODES = 20_000
 
@@ -279,14 +277,6 @@ def split_metrics(pred: np.ndarray, y: np.ndarray, split: np.ndarray, num_classe
     return SplitMetrics(acc, f1)
 
 
-@dataclass(frozen=True)
-class EvaluationRef:
-    """The evaluation of a trained model: metrics, and where its outputs are."""
-
-    path: str
-    metrics: dict[str, float]
-
-
 def embedding_sample(hidden_rows: np.ndarray) -> np.ndarray:
     """2-D PCA coordinates of the given embedding rows."""
     h = np.asarray(hidden_rows, dtype=np.float64)
@@ -296,26 +286,59 @@ def embedding_sample(hidden_rows: np.ndarray) -> np.ndarray:
     return coords.astype(np.float32)
 
 
+EVALUATION_VERSION = 1  # bump when the evaluation of the same model changes
+
+
+def evaluation_key(train_result: TrainResult, node_data: NodeDataRef, seed: int, embedding_nodes: int) -> str:
+    """Key of an evaluation output: the trained model (its checkpoint key and how its training
+    ended), the node data it is scored on, and the evaluation's own settings."""
+    trained = (train_result.key, train_result.best_epoch, train_result.best_val_acc, train_result.epochs_run)
+    return fingerprint_value("evaluation", EVALUATION_VERSION, trained, node_data.fingerprint,
+                             {"seed": seed, "embedding_nodes": embedding_nodes})
+
+
 def evaluate_model(
     train_result: TrainResult,
     node_data: NodeDataRef,
     snapshot: SnapshotRef,
-    config: PipelineConfig,
+    store: Store,
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    embedding_nodes: int = 5000,
 ) -> EvaluationRef:
-    """Score every node with the best-validation model; write metrics, predictions (in the user's
-    node ids), the test confusion matrix and a 2-D embedding of a node sample to
-    ``<checkpoint>/evaluation``."""
+    """Score every node with the best-validation model and publish the ``evaluation`` output:
+    metrics, predictions (in the user's node ids), the test confusion matrix and a 2-D embedding
+    of a node sample (:mod:`storage.evaluation`).
+
+    Args:
+        train_result: the finished training (its checkpoint).
+        node_data: the node data it was trained on (scored in full).
+        snapshot: the snapshot, for the user's node ids.
+        store: the store holding the inputs and receiving the output.
+        device: ``train.device`` (``auto``, ``cpu``, ``cuda``).
+        seed: seeds the node sample of the embedding plot (``train.seed``).
+        embedding_nodes: the sample's size (``track.embedding_plot_nodes``).
+
+    An evaluation of the same model on the same node data that is already published is reused
+    (``reused=True``); a damaged one is logged and rebuilt.
+    """
+    key = evaluation_key(train_result, node_data, seed, embedding_nodes)
+    out = store.output(snapshot.name, "evaluation", key)
+    if out.reusable("evaluation"):
+        log.info("evaluate: cache hit %s", out.location)
+        return EvaluationRef(path=out.location, metrics=read_metrics(out), key=key, reused=True)
     graph = ClusterGraph.open(node_data.partition.path, node_data.path)
     model, saved = load_trained(train_result.checkpoint_dir)
-    device = resolve_device(config.train.device)
+    device = resolve_device(device)
     n = graph.num_nodes
-    rng = np.random.default_rng(config.train.seed)
-    sample = np.sort(rng.choice(n, size=min(config.track.embedding_plot_nodes, n), replace=False))
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(embedding_nodes, n), replace=False))
     pred = np.empty(n, dtype=np.int32)
     confidence = np.empty(n, dtype=np.float32)
     sample_hidden: list[np.ndarray] = []
     blocks = iter_full_graph(model.to(device), graph, device, scratch_dir=train_result.checkpoint_dir,
-                             progress=config.progress)
+                             progress=PROGRESS.isEnabledFor(logging.INFO))
     for blk in blocks:
         a, b = blk.start, blk.stop
         probs = torch.softmax(torch.from_numpy(blk.logits), dim=1)
@@ -333,22 +356,16 @@ def evaluate_model(
     order = np.empty_like(perm)
     order[perm] = np.arange(n)
     graph.release()
-    out = Path(train_result.checkpoint_dir) / "evaluation"
-    with publish_dir(out, replace=True) as tmp:
-        pq.write_table(
-            pa.table(
-                {
-                    "node_id": read_node_ids(snapshot.path),
-                    "prediction": pa.array(pred[order]),
-                    "confidence": pa.array(confidence[order]),
-                    "label": pa.array(y[order].astype(np.int32)),
-                    "split": pa.array(split[order].astype(np.int8)),
-                }
-            ),
-            tmp / "predictions.parquet",
-        )
-        np.save(tmp / "confusion_test.npy", cm)
-        np.savez(tmp / "embeddings_2d.npz", coords=coords, labels=y[sample])
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    predictions = pa.table({
+        "node_id": read_node_ids(store.open(snapshot.path)),
+        "prediction": pa.array(pred[order]),
+        "confidence": pa.array(confidence[order]),
+        "label": pa.array(y[order].astype(np.int32)),
+        "split": pa.array(split[order].astype(np.int8)),
+    })
+    inputs = {"checkpoint": train_result.key, "node_data": node_data.fingerprint, "snapshot": snapshot.fingerprint}
+    with store.publish(out, params={"seed": seed, "embedding_nodes": embedding_nodes}, inputs=inputs, replace=True) as w:
+        write_evaluation(w, metrics=metrics, predictions=predictions, confusion=cm, embedding_coords=coords,
+                         embedding_labels=y[sample])
     log.info("evaluate: %s", {k: round(v, 4) for k, v in metrics.items()})
-    return EvaluationRef(path=str(out), metrics=metrics)
+    return EvaluationRef(path=out.location, metrics=metrics, key=key)

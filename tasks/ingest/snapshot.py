@@ -2,7 +2,7 @@
 
 Nodes get contiguous ids (the node table's row order, or the sorted unique ids of the edge files
 when there is no node table); edges become undirected, each once as ``src < dst``, sorted, without
-self-loops or duplicates. Labels, the split (given, or generated from ``config.split``) and the
+self-loops or duplicates. Labels, the split (given, or generated from the ``split`` settings) and the
 features are validated before anything is written, so bad input never publishes a snapshot and
 never moves ``CURRENT.json``. The snapshot directory is keyed by a fingerprint of the input files'
 content and the ``data`` and ``split`` settings: ingesting the same input twice is a cache hit.
@@ -12,11 +12,8 @@ See :mod:`tasks.ingest.readers` for the accepted file formats and :mod:`storage.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,11 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from storage.atomic import publish_dir
 from storage.fingerprint import fingerprint_file, fingerprint_value
 from storage.snapshot import Features, GraphTables, id_dtype, write_snapshot
-from storage.store import FORMAT_VERSION, SnapshotRef, Store, is_complete, make_manifest, read_manifest, reusable, write_manifest
-from tasks.config import DataConfig, PipelineConfig
+from storage.store import FORMAT_VERSION, SnapshotRef, Store, output_at
+from tasks.config import DataConfig, SplitConfig
 from tasks.errors import InputError
 from tasks.ingest.readers import (
     MASK_COLUMNS,
@@ -59,6 +55,7 @@ from tasks.ingest.splits import (
 )
 
 log = logging.getLogger(__name__)
+PROGRESS = logging.getLogger("graphpipe.progress")
 
 INGEST_VERSION = 1  # bump when the snapshot made from the same input changes
 LOOKUP_TABLE_SLACK = 4  # int ids spanning up to 4x (ids + lookups) + 64M values: mapped by a lookup table
@@ -91,50 +88,47 @@ class NodeTable:
 # -- the public API -----------------------------------------------------------------------------
 
 
-def ingest_graph(config: PipelineConfig, *, progress: bool | None = None) -> SnapshotRef:
-    """Build (or reuse, on a fingerprint match) the snapshot of ``config.data``, make it current, return it.
+def ingest_graph(data: DataConfig, split: SplitConfig, store: Store) -> SnapshotRef:
+    """Build (or reuse, on a fingerprint match) the snapshot of the input ``data`` describes,
+    publish it as the ``snapshot`` output, make it the graph's current one, and return it.
+
+    Args:
+        data: the ``data`` section: the input files, their columns and the graph's name.
+        split: the ``split`` section: how a split is generated when the input has none.
+        store: the store receiving the snapshot.
 
     Raises InputError, naming the file, row and column, for any problem with the input; nothing is
-    published then and the current snapshot stays as it was. ``progress`` (default
-    ``config.progress``) logs the rows read per block at INFO.
+    published then and the current snapshot stays as it was. A damaged or incomplete snapshot of
+    the same fingerprint is logged and rebuilt. The rows read per block are logged at INFO on
+    ``graphpipe.progress``.
     """
-    show = config.progress if progress is None else progress
-    inputs = input_files(config.data)
-    fingerprint = snapshot_fingerprint(config, inputs)
-    store = Store(config.store)
-    final = store.snapshot_dir(config.data.name, fingerprint)
-    ref = SnapshotRef(path=str(final), name=config.data.name, fingerprint=fingerprint)
-    if reusable(final, "snapshot"):
-        log.info("cache hit: snapshot %s of graph %r", fingerprint, config.data.name)
+    inputs = input_files(data)
+    fingerprint = snapshot_fingerprint(data, split, inputs)
+    out = store.output(data.name, "snapshot", fingerprint)
+    ref = SnapshotRef(path=out.location, name=data.name, fingerprint=fingerprint)
+    if out.reusable("snapshot"):
+        log.info("cache hit: snapshot %s of graph %r", fingerprint, data.name)
         store.set_current(ref)
         return replace(ref, reused=True)
     start = time.perf_counter()
-    tables, counts, label_names = build_graph(config, progress=show)
-    _discard_damaged(final)
-    with publish_dir(final) as tmp:
-        files = write_snapshot(tmp, tables)
-        manifest = make_manifest(
-            "snapshot",
-            fingerprint,
-            params=config.fingerprint_of("data", "split"),
-            inputs=inputs,
-            counts=counts,
-            files=files,
-            extra={"label_names": label_names},
-        )
-        write_manifest(tmp, manifest)
+    tables, counts, label_names = build_graph(data, split)
+    params = {"data": data.model_dump(mode="json"), "split": split.model_dump(mode="json")}
+    with store.publish(out, params=params, inputs=inputs) as w:
+        write_snapshot(w, tables)
+        w.counts.update(counts)
+        w.extra["label_names"] = label_names
     store.set_current(ref)
     log.info(
         "ingested graph %r: %s nodes, %s edges in %.1f s -> %s",
-        config.data.name, f"{counts['num_nodes']:,}", f"{counts['undirected_edges']:,}",
-        time.perf_counter() - start, final,
+        data.name, f"{counts['num_nodes']:,}", f"{counts['undirected_edges']:,}",
+        time.perf_counter() - start, out.location,
     )
     return ref
 
 
 def ingest_counts(ref: SnapshotRef) -> dict[str, Any]:
     """The ``counts`` section of a snapshot's manifest (rows read, edges and nodes kept, split sizes...)."""
-    return read_manifest(ref.path)["counts"]
+    return output_at(ref.path).manifest()["counts"]
 
 
 def input_files(data: DataConfig) -> dict[str, Any]:
@@ -201,25 +195,23 @@ def _unreadable(path: str, what: str, e: OSError) -> InputError:
     return InputError(f"{path}: cannot read the {what}: {e.strerror or e}")
 
 
-def snapshot_fingerprint(config: PipelineConfig, inputs: dict[str, Any]) -> str:
+def snapshot_fingerprint(data: DataConfig, split: SplitConfig, inputs: dict[str, Any]) -> str:
     """Fingerprint of the input files' content, the ``data`` (less ``name``) and ``split`` settings and the format."""
-    data = config.data.model_dump(mode="json")
-    data.pop("name")
+    settings = data.model_dump(mode="json")
+    settings.pop("name")
     contents = {
         "edges": [e["fingerprint"] for e in inputs["edges"]],
         "nodes": inputs["nodes"] and inputs["nodes"]["fingerprint"],
         "features": inputs["features"] and inputs["features"]["fingerprint"],
     }
     return fingerprint_value(
-        "snapshot", INGEST_VERSION, FORMAT_VERSION, contents, data, config.split.model_dump(mode="json")
+        "snapshot", INGEST_VERSION, FORMAT_VERSION, contents, settings, split.model_dump(mode="json")
     )
 
 
-def build_graph(
-    config: PipelineConfig, *, progress: bool = False
-) -> tuple[GraphTables, dict[str, Any], list[str] | None]:
+def build_graph(data: DataConfig, split_config: SplitConfig) -> tuple[GraphTables, dict[str, Any], list[str] | None]:
     """Read and validate the input: ``(tables, manifest counts, label names)``; writes nothing."""
-    data = config.data
+    progress = PROGRESS.isEnabledFor(logging.INFO)  # the readers log rows read per block
     nodes = read_nodes(data) if data.nodes else None
     string_ids = nodes is not None and not pa.types.is_integer(nodes.ids.type)
     files = [
@@ -244,7 +236,7 @@ def build_graph(
     split = np.concatenate([nodes.split, np.zeros(added, np.int8)]) if nodes else np.zeros(num_nodes, np.int8)
     features, feature_source = (nodes.features, nodes.feature_source) if nodes else _file_features(data, num_nodes)
     features = _pad_rows(features, added) if features is not None else None
-    split, split_source = _final_split(config, labels, split)
+    split, split_source = _final_split(split_config, labels, split)
     rows = len(src)
     src, dst, self_loops, duplicates = canonical_edges(src, dst, num_nodes)
     if len(src) == 0:
@@ -389,13 +381,13 @@ def _pad_labels(labels: Labels, added: int) -> Labels:
     return Labels(values, labels.num_classes, labels.names, labels.column)
 
 
-def _final_split(config: PipelineConfig, labels: Labels, split: np.ndarray) -> tuple[np.ndarray, str]:
+def _final_split(config: SplitConfig, labels: Labels, split: np.ndarray) -> tuple[np.ndarray, str]:
     given = bool((split != 0).any())
-    if given and not config.split.force:
+    if given and not config.force:
         return split, "given"
     if labels.labeled == 0:
         return np.zeros_like(split), "none"
-    return generate_split(labels.values, config.split), f"generated:{config.split.method}"
+    return generate_split(labels.values, config), f"generated:{config.method}"
 
 
 # -- edges --------------------------------------------------------------------------------------
@@ -560,11 +552,3 @@ def _output_ids(ids: pa.Array) -> pa.Array:
         return ids.cast(pa.string())
     return ids
 
-
-def _discard_damaged(final: Path) -> None:
-    """Move away a snapshot directory that exists but is incomplete, so that it can be written again."""
-    if final.exists() and not is_complete(final):
-        log.warning("snapshot directory %s is incomplete or damaged: replacing it", final)
-        aside = final.parent / f".{final.name}.damaged-{uuid.uuid4().hex[:12]}"
-        final.rename(aside)
-        shutil.rmtree(aside, ignore_errors=True)

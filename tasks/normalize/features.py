@@ -21,42 +21,44 @@ A featureless graph (edges and labels only) gets a structural encoding instead
 (``normalize.structural``, :mod:`tasks.normalize.structural`): by default (``auto``) log-degree,
 log-component-size and the ``normalize.structural_dim`` leading eigenvectors of the normalized
 adjacency (``spectral``); ``degree`` keeps the first two columns; ``none`` is one constant feature
-(1.0 for every node). The encoding used is recorded in ``stats.json`` (``structural``) and the
-manifest; it is written to ``x.npy`` unchanged (method ``none``), so the exported predictor takes
+(1.0 for every node). The encoding used is recorded in the statistics (``structural``) and the
+manifest; it is written as the features ``x`` unchanged (method ``none``), so the exported predictor takes
 those rows as its ``x``.
 
 Sparse features (bag-of-words: fewer than ``normalize.sparse_below`` of the entries non-zero) are
-written as CSR (``x_indptr``/``x_indices``/``x_data``/``x_shape`` ``.npy``) instead of a dense
-``x.npy`` and stay sparse through the model's first layer. ``row`` and ``none`` keep zeros zero.
-``standard`` would not, so the CSR holds ``x / std`` and ``x_shift.npy`` holds ``mean / std``: the
+written as CSR (:func:`storage.arrays.write_csr`) instead of a dense ``x`` and stay sparse through the model's first layer. ``row`` and ``none`` keep zeros zero.
+``standard`` would not, so the CSR holds ``x / std`` and ``x_shift`` holds ``mean / std``: the
 normalized features are ``x / std - mean / std``, and the first layer computes
 ``(x / std) W - (mean / std) W`` without ever building the dense matrix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
-from storage.atomic import publish_dir, read_json, reserve, write_json
+from storage.arrays import X_SHIFT, write_csr
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TRAIN, Features, read_edges, read_features, read_nodes
-from storage.store import FeaturesRef, SnapshotRef, Store, make_manifest, reusable, write_manifest
-from tasks.config import PipelineConfig
+from storage.store import FeaturesRef, SnapshotRef, Store, output_at
+from tasks.config import NormalizeConfig
 from tasks.errors import InputError
-from tasks.partition.partition import build_csr
 from tasks.normalize.structural import resolve_structural, structural_encoding
+from tasks.partition.csr import build_csr
+
+if TYPE_CHECKING:
+    from storage.outputs import Output, Writer
 
 log = logging.getLogger(__name__)
+PROGRESS = logging.getLogger("graphpipe.progress")
 
 FORMAT = "normalize-v2"
-STATS = "stats.json"
+STATS = "stats"  # the statistics' entry in the output
 _CHUNK_ROWS = 1 << 18
 
 
@@ -192,99 +194,106 @@ def sparse_normalized(x: Features, stats: NormalizationStats) -> tuple[sp.csr_ma
     return csr, shift
 
 
-def normalize_features(snapshot: SnapshotRef, config: PipelineConfig) -> FeaturesRef:
-    """Normalize the snapshot's features into ``features/<fp>/x.npy`` (cached by fingerprint)."""
-    store = Store(config.store)
-    fp = fingerprint_value(FORMAT, snapshot.fingerprint, config.normalize.model_dump(mode="json"))
-    out = store.features_dir(snapshot.name, fp)
-    if reusable(out, "normalized features"):
-        manifest_method = read_json(out / STATS)["method"]
-        log.info("normalize: cache hit %s (%s)", out, manifest_method)
-        return FeaturesRef(path=str(out), fingerprint=fp, method=manifest_method, reused=True)
+def normalize_features(snapshot: SnapshotRef, config: NormalizeConfig, store: Store) -> FeaturesRef:
+    """Normalize the snapshot's features (or compute a featureless graph's structural encoding)
+    and publish them with their statistics as the ``features`` output (cached by fingerprint).
 
-    x = read_features(snapshot.path)
-    labels, split = read_nodes(snapshot.path)
-    num_nodes = len(labels)
-    nc = config.normalize
-    structural = resolve_structural(nc.structural, has_features=x is not None)
-    encoded = None
+    Args:
+        snapshot: the ingested snapshot.
+        config: the ``normalize`` section (method, structural encoding, sparse threshold).
+        store: the store holding the snapshot and receiving the features.
+
+    Returns the :class:`FeaturesRef` (``reused=True`` when a complete output already existed; a
+    damaged one is logged and rebuilt). Raises InputError for settings that do not fit the graph
+    (a structural encoding on a graph with features).
+    """
+    fp = fingerprint_value(FORMAT, snapshot.fingerprint, config.model_dump(mode="json"))
+    out = store.output(snapshot.name, "features", fp)
+    if out.reusable("normalized features"):
+        method = out.json(STATS)["method"]
+        log.info("normalize: cache hit %s (%s)", out.location, method)
+        return FeaturesRef(path=out.location, fingerprint=fp, method=method, reused=True)
+    source = store.open(snapshot.path)
+    x = read_features(source)
+    labels, split = read_nodes(source)
+    stats, encoded = _fit(x, split, source, config)
+    params = config.model_dump(mode="json") | {
+        "resolved_method": stats.method, "resolved_structural": stats.encoding(), "sparse": stats.sparse}
+    with store.publish(out, params=params, inputs={"snapshot": snapshot.fingerprint}) as w:
+        if stats.sparse:
+            counts = _write_sparse(w, x, stats, snapshot, len(labels))
+        else:
+            counts = _write_dense(w, x, encoded, stats, snapshot, len(labels))
+        w.json(STATS, stats.to_json())
+        w.counts.update(counts)
+    what = stats.method if x is not None else stats.encoding()
+    PROGRESS.info("normalize: %s features of %d nodes -> %s%s", what, len(labels), out.location,
+                  f" (sparse: {counts['nnz']} non-zeros)" if stats.sparse else "")
+    return FeaturesRef(path=out.location, fingerprint=fp, method=stats.method)
+
+
+def _fit(x: Features | None, split: np.ndarray, source: Output, config: NormalizeConfig
+         ) -> tuple[NormalizationStats, np.ndarray | None]:
+    """The statistics of the configured transform, and a featureless graph's structural encoding
+    (``None`` for a graph with features or the constant feature)."""
+    structural = resolve_structural(config.structural, has_features=x is not None)
     if x is not None and structural != "none":
         raise InputError(
-            f"{snapshot.path}: normalize.structural={nc.structural} is for graphs without node features, "
+            f"{source.location}: normalize.structural={config.structural} is for graphs without node features, "
             f"and this graph has {x.shape[1]} (use normalize.structural=auto)"
         )
     if x is None and structural == "none":
-        log.warning("normalize: %s has no features; using one constant feature", snapshot.path)
-        stats = NormalizationStats(method="none", num_features=0, featureless=True)
-    elif x is None:
-        src, dst = read_edges(snapshot.path)
+        log.warning("normalize: %s has no features; using one constant feature", source.location)
+        return NormalizationStats(method="none", num_features=0, featureless=True), None
+    if x is None:
+        num_nodes = len(split)
+        src, dst = read_edges(source)
         indptr, indices = build_csr(src, dst, num_nodes)
         del src, dst
-        encoded, info = structural_encoding(indptr, indices, num_nodes, structural, nc.structural_dim, seed=0)
-        del indptr, indices
+        encoded, info = structural_encoding(indptr, indices, num_nodes, structural, config.structural_dim, seed=0)
         log.info("normalize: %s has no features; %s structural encoding (%d columns, %.1f s)",
-                 snapshot.path, structural, encoded.shape[1], info["seconds"])
-        stats = NormalizationStats(method="none", num_features=encoded.shape[1], featureless=True, structural=info)
-    else:
-        method = resolve_method(nc.method, x)
-        stats = fit_stats(x, method, np.flatnonzero(split == SPLIT_TRAIN))
-        stats.sparse = density(x) < config.normalize.sparse_below
-
-    if stats.sparse:
-        return _publish_sparse(out, fp, x, stats, snapshot, config, num_nodes)
-    with publish_dir(out) as tmp:
-        width = stats.num_features if stats.num_features else 1
-        target = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(num_nodes, width))
-        reserve(tmp / "x.npy")
-        for start in range(0, num_nodes, _CHUNK_ROWS):
-            stop = min(start + _CHUNK_ROWS, num_nodes)
-            if encoded is not None:
-                target[start:stop] = encoded[start:stop]
-                continue
-            rows = np.empty((stop - start, 0)) if x is None else x[start:stop]
-            target[start:stop] = apply_stats(rows, stats)
-        if not np.isfinite(target).all():
-            raise ValueError(f"normalization produced non-finite values from {snapshot.path}")
-        target.flush()
-        del target
-        _finish(tmp, fp, stats, snapshot, config, ["x.npy"], {"num_nodes": num_nodes, "num_features": width})
-    log.info("normalize: %s features of %d nodes -> %s", stats.method if x is not None else stats.encoding(), num_nodes, out)
-    return FeaturesRef(path=str(out), fingerprint=fp, method=stats.method)
+                 source.location, structural, encoded.shape[1], info["seconds"])
+        return NormalizationStats(method="none", num_features=encoded.shape[1], featureless=True,
+                                  structural=info), encoded
+    stats = fit_stats(x, resolve_method(config.method, x), np.flatnonzero(split == SPLIT_TRAIN))
+    stats.sparse = density(x) < config.sparse_below
+    return stats, None
 
 
-def _finish(tmp: Path, fp: str, stats: NormalizationStats, snapshot: SnapshotRef, config: PipelineConfig,
-            files: list[str], counts: dict[str, int]) -> None:
-    """The statistics and the manifest (written last) of a features directory being published."""
-    write_json(tmp / STATS, stats.to_json())
-    params = config.normalize.model_dump(mode="json") | {
-        "resolved_method": stats.method, "resolved_structural": stats.encoding(), "sparse": stats.sparse}
-    write_manifest(tmp, make_manifest("features", fp, params=params, inputs={"snapshot": snapshot.fingerprint},
-                                      counts=counts, files=[*files, STATS]))
+def _write_dense(w: Writer, x: Features | None, encoded: np.ndarray | None, stats: NormalizationStats,
+                 snapshot: SnapshotRef, num_nodes: int) -> dict[str, int]:
+    """Write the normalized features (or the encoding) as a dense array, a slice of rows at a time."""
+    width = stats.num_features if stats.num_features else 1
+    target = w.new_array("x", (num_nodes, width), np.float32)
+    for start in range(0, num_nodes, _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, num_nodes)
+        if encoded is not None:
+            target[start:stop] = encoded[start:stop]
+            continue
+        rows = np.empty((stop - start, 0)) if x is None else x[start:stop]
+        target[start:stop] = apply_stats(rows, stats)
+    if not np.isfinite(target).all():
+        raise ValueError(f"normalization produced non-finite values from {snapshot.path}")
+    target.flush()
+    del target
+    return {"num_nodes": num_nodes, "num_features": width}
 
 
-def _publish_sparse(out: Path, fp: str, x: Features, stats: NormalizationStats, snapshot: SnapshotRef,
-                    config: PipelineConfig, num_nodes: int) -> FeaturesRef:
+def _write_sparse(w: Writer, x: Features, stats: NormalizationStats, snapshot: SnapshotRef,
+                  num_nodes: int) -> dict[str, int]:
     """Write sparse normalized features as CSR (see the module docstring)."""
-    from storage.arrays import write_csr
-
     csr, shift = sparse_normalized(x, stats)
     if not np.isfinite(csr.data).all():
         raise ValueError(f"normalization produced non-finite values from {snapshot.path}")
-    with publish_dir(out) as tmp:
-        files = write_csr(tmp, csr.indptr, csr.indices, csr.data, csr.shape)
-        if shift is not None:
-            np.save(tmp / "x_shift.npy", shift)
-            files.append("x_shift.npy")
-        _finish(tmp, fp, stats, snapshot, config, files,
-                {"num_nodes": num_nodes, "num_features": stats.num_features, "nnz": int(csr.nnz)})
-    log.info("normalize: %s features of %d nodes -> %s (sparse: %d non-zeros, %.2f%%)", stats.method, num_nodes,
-             out, csr.nnz, 100 * csr.nnz / max(num_nodes * stats.num_features, 1))
-    return FeaturesRef(path=str(out), fingerprint=fp, method=stats.method)
+    write_csr(w, csr.indptr, csr.indices, csr.data, csr.shape)
+    if shift is not None:
+        w.array(X_SHIFT, shift)
+    return {"num_nodes": num_nodes, "num_features": stats.num_features, "nnz": int(csr.nnz)}
 
 
 def load_stats(features: FeaturesRef) -> NormalizationStats:
     """The normalization statistics (and structural encoding, if any) saved with ``features``."""
-    return NormalizationStats.from_json(read_json(Path(features.path) / STATS))
+    return NormalizationStats.from_json(output_at(features.path).json(STATS))
 
 
 __all__ = [

@@ -36,13 +36,13 @@ from mlflow.types import Schema, TensorSpec
 
 from storage.arrays import ClusterGraph
 from storage.snapshot import read_feature_rows
-from storage.store import NodeDataRef, SnapshotRef, Store, read_manifest
+from storage.evaluation import read_confusion, read_embedding
+from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store, output_at
 from tasks.train.batching import batch_subgraph
 from tasks.config import PipelineConfig, redact_uri
 from tasks.errors import InputError
 from tasks.track.services import check_mlflow, redact, short_reason
 from tasks.track.services import is_server as _is_server
-from tasks.evaluate.evaluate import EvaluationRef
 from tasks.train.model import MODEL_FILE, EdgeIndexPredictor, load_trained
 from tasks.normalize.features import NormalizationStats
 from tasks.track.plots import confusion, embeddings, learning_curves
@@ -434,16 +434,15 @@ def _log_results(run: RunRef, config: PipelineConfig, *, snapshot: SnapshotRef, 
         t = Path(tmp)
         (t / "plots").mkdir()
         (t / "stats").mkdir()
-        ev = Path(evaluation.path)
+        ev = output_at(evaluation.path)
         learning_curves(history, t / "plots" / "learning_curves.png")
-        confusion(np.load(ev / "confusion_test.npy"), t / "plots" / "confusion_matrix.png")
-        emb = np.load(ev / "embeddings_2d.npz")
-        embeddings(emb["coords"], emb["labels"], t / "plots" / "embeddings.png")
-        part_dir = Path(node_data.partition.path)
-        (t / "stats" / "partition_stats.json").write_text((part_dir / "stats.json").read_text())
+        confusion(read_confusion(ev), t / "plots" / "confusion_matrix.png")
+        embeddings(*read_embedding(ev), t / "plots" / "embeddings.png")
+        part = output_at(node_data.partition.path)
+        (t / "stats" / "partition_stats.json").write_text(json.dumps(part.json("stats"), separators=(",", ":")))
         (t / "stats" / "normalization.json").write_text(json.dumps(stats.to_json(), indent=2))
-        (t / "stats" / "snapshot_manifest.json").write_text(json.dumps(read_manifest(snapshot.path), indent=2))
-        (t / "stats" / "partition_manifest.json").write_text(json.dumps(read_manifest(part_dir), indent=2))
+        (t / "stats" / "snapshot_manifest.json").write_text(json.dumps(output_at(snapshot.path).manifest(), indent=2))
+        (t / "stats" / "partition_manifest.json").write_text(json.dumps(part.manifest(), indent=2))
         (t / "stats" / "history.json").write_text(json.dumps(history, indent=2))
         (t / "config.yaml").write_text(yaml.safe_dump(safe_config_dump(config), sort_keys=False))
         for sub in ("plots", "stats"):
