@@ -13,7 +13,6 @@ import re
 import logging
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect import get_run_logger, task
@@ -33,7 +32,7 @@ from tasks.partition import partition as partition_mod
 
 if TYPE_CHECKING:  # torch, PyG, MLflow: imported by the tasks that need them (`graphpipe ingest` never does)
     from tasks.track import tracking as track_mod
-    from tasks.train.loop import TrainResult
+    from tasks.train.result import TrainResult
 
 LIBRARY_LOGGERS = ("tasks", "storage")
 PROGRESS_LOGGER = "graphpipe.progress"
@@ -173,7 +172,10 @@ def check_tracking(config: PipelineConfig) -> None:
 
 @task(name="train", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
 def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef, init_from: str | None = None) -> TrainResult:
-    """Cluster-GCN training, per-epoch metrics to MLflow; a retry resumes from the checkpoint."""
+    """Cluster-GCN training, per-epoch metrics to MLflow; a retry resumes from the checkpoint.
+    The result is also handed off through the store (:meth:`storage.checkpoints.Checkpoints.save_result`)
+    for a parent flow run that started this one on a deployment."""
+    from storage.checkpoints import Checkpoints
     from tasks.track import tracking as track_mod
     from tasks.train.loop import train_cluster_gcn
 
@@ -185,8 +187,10 @@ def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef,
         if "val_acc" in metrics and (epoch % 10 == 0 or epoch == config.train.epochs):
             logger.info("epoch %d: loss %.4f, train_acc %.4f, val_acc %.4f", epoch, metrics["loss"], metrics["train_acc"], metrics["val_acc"])
 
+    store = Store(config.store)
     try:
-        result = train_cluster_gcn(node_data, config, on_epoch=on_epoch, init_from=init_from)
+        result = train_cluster_gcn(node_data, config.train, store, num_classes=config.data.num_classes,
+                                   lock_timeout=config.lock_timeout_seconds, on_epoch=on_epoch, init_from=init_from)
     finally:
         left = sender.close(timeout=METRICS_FLUSH_SECONDS)
     if left:
@@ -196,13 +200,11 @@ def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef,
     track_mod.log_tags(run, {"graphpipe.warm_start_from": init_from if result.warm_started else "none",
                              "graphpipe.device": result.device, "graphpipe.resumed_from_epoch": result.resumed_from_epoch,
                              "graphpipe.clusters_per_batch": result.clusters_per_batch, "graphpipe.checkpoint": result.checkpoint_dir,
-                             "graphpipe.train_flow_run_id": str(flow_run.get_id() or "")})
-    write_json(_result_file(result.checkpoint_dir, run), asdict(result))
+                             "graphpipe.train_flow_run_id": str(flow_run.get_id() or ""),
+                             "graphpipe.world_size": result.world_size,
+                             "graphpipe.rank_batches": ",".join(str(n) for n in result.rank_batches)})
+    Checkpoints(store, result.graph, result.key).save_result(run.run_id, asdict(result))
     return result
-
-
-def _result_file(checkpoint_dir: str, run: track_mod.RunRef) -> Path:
-    return Path(checkpoint_dir) / f"result-{run.run_id}.json"
 
 
 def train_on_deployment(
@@ -211,9 +213,11 @@ def train_on_deployment(
     """Run training as a flow run of ``deployment`` (e.g. on a GPU work pool) and wait for it.
 
     The two sides share only the store and the Prefect API: the training run reads the
-    partitioned graph from the store and writes its result file beside its checkpoints.
+    partitioned graph from the store and hands its result back through the store, found by the
+    MLflow run's id (:func:`storage.checkpoints.find_result`).
     """
-    from tasks.train.loop import TrainResult, checkpoint_key
+    from storage.checkpoints import find_result
+    from tasks.train.result import TrainResult
 
     logger = get_run_logger()
     logger.info("training on deployment %s", deployment)
@@ -228,8 +232,11 @@ def train_on_deployment(
     if state is None or not state.is_completed():
         name = state.name if state else "unknown"
         raise RuntimeError(f"training flow run {child.name} on {deployment} ended {name}: {state.message if state else ''}")
-    ckpt = Store(config.store).checkpoint_dir(config.data.name, checkpoint_key(node_data, config.train, init_from))
-    return TrainResult(**read_json(_result_file(str(ckpt), run)))
+    found = find_result(Store(config.store), config.data.name, run.run_id)
+    if found is None:
+        raise RuntimeError(f"training flow run {child.name} on {deployment} completed but left no result for MLflow run "
+                           f"{run.run_id} in the store {Store(config.store).root}")
+    return TrainResult(**found)
 
 
 CHILD_POLL_SECONDS = 5
@@ -295,7 +302,7 @@ def log_run(
     ``notes``: more markdown for the run's artifact (the baseline and the health check)."""
     from tasks.track import tracking as track_mod
 
-    history = read_history(trained)
+    history = read_history(trained, Store(config.store))
     tracked = track_mod.log_results(
         run,
         config,
@@ -315,10 +322,11 @@ def log_run(
     return tracked
 
 
-def read_history(trained: TrainResult) -> list[dict[str, Any]]:
-    from tasks.train.model import MODEL_FILE, load_checkpoint
+def read_history(trained: TrainResult, store: Store) -> list[dict[str, Any]]:
+    """The per-epoch metrics of a finished training, from its checkpoint set in ``store``."""
+    from storage.checkpoints import Checkpoints
 
-    return load_checkpoint(f"{trained.checkpoint_dir}/{MODEL_FILE}")["history"]
+    return Checkpoints(store, trained.graph, trained.key).history()
 
 
 def lineage_tags(snapshot: SnapshotRef, features: FeaturesRef, partition: PartitionRef, node_data: NodeDataRef) -> dict[str, str]:

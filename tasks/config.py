@@ -161,6 +161,8 @@ class TrainConfig(_Section):
     at most half the clusters, so that every epoch has at least two batches.
     ``loader_workers``: 0 assembles batches in one background thread, ``prefetch`` ahead; ``n > 0``
     in ``n`` worker processes (PyTorch ``DataLoader``), ``prefetch`` ahead per worker.
+    ``world_size``: data-parallel training processes (``torch.distributed``; gloo on CPU, NCCL on
+    CUDA with one GPU per rank); each epoch's batches are dealt out to them.
     """
 
     model: Literal["gcn", "sage"] = "gcn"
@@ -182,6 +184,7 @@ class TrainConfig(_Section):
     loader_workers: int | Literal["auto"] = Field(default="auto")
     resume: bool = True
     warm_start: bool = False  # start from the registered champion's weights when they fit
+    world_size: int = Field(default=1, ge=1)
 
 
 class TrackConfig(_Section):

@@ -64,3 +64,21 @@ def prepared_generated(root, overrides: list[str], **generator):
                                              "data": {"name": "g", "edges": [str(gen.edges_path)],
                                                       "nodes": str(gen.nodes_path)}})
     return cfg, prepare_graph(cfg)
+
+
+def train(node_data, config, **kwargs):
+    """``train_cluster_gcn`` as the flow calls it: the train section, the store built once,
+    ``data.num_classes`` and the lock timeout of ``config``."""
+    from storage.store import Store
+    from tasks.train.loop import train_cluster_gcn
+
+    return train_cluster_gcn(node_data, config.train, Store(config.store), num_classes=config.data.num_classes,
+                             lock_timeout=config.lock_timeout_seconds, **kwargs)
+
+
+def trained_record(result, config) -> dict:
+    """The finished training's record (best weights, spec, history) from its checkpoint set."""
+    from storage.checkpoints import Checkpoints
+    from storage.store import Store
+
+    return Checkpoints(Store(config.store), result.graph, result.key).model()

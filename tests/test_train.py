@@ -9,11 +9,12 @@ import torch
 from storage.store import NodeDataRef
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import InputError
-from tasks.train.model import MODEL_FILE, load_checkpoint
 from tasks.partition.layout import load_cluster_graph
 from tasks.prepare import prepare_graph
-from tasks.train.loop import Prefetcher, resolve_clusters_per_batch, train_cluster_gcn, train_epoch
-from tests.helpers import prepared_generated
+from tasks.train.loaders import Prefetcher
+from tasks.train.steps import resolve_clusters_per_batch, train_epoch
+from tests.helpers import prepared_generated, trained_record
+from tests.helpers import train as train_cluster_gcn
 
 
 class Killed(Exception):
@@ -34,8 +35,9 @@ def _with(cfg: PipelineConfig, store: Path, *overrides: str) -> PipelineConfig:
 
 def test_training_learns_and_keeps_best_validation_weights(prepared, tmp_path):
     cfg, nd = prepared
-    result = train_cluster_gcn(nd, _with(cfg, tmp_path, "train.epochs=15"))
-    saved = load_checkpoint(Path(result.checkpoint_dir) / MODEL_FILE)
+    cfg15 = _with(cfg, tmp_path, "train.epochs=15")
+    result = train_cluster_gcn(nd, cfg15)
+    saved = trained_record(result, cfg15)
     history = saved["history"]
     assert [h["epoch"] for h in history] == list(range(1, 16))
     assert history[-1]["loss"] < history[0]["loss"]
@@ -60,8 +62,8 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(prepared, 
     resumed = train_cluster_gcn(nd, resumable)
     assert resumed.resumed_from_epoch == 3
     assert resumed.epochs_run == 6
-    a = load_checkpoint(Path(full.checkpoint_dir) / MODEL_FILE)
-    b = load_checkpoint(Path(resumed.checkpoint_dir) / MODEL_FILE)
+    a = trained_record(full, _with(cfg, tmp_path / "a", "train.prefetch=0"))
+    b = trained_record(resumed, resumable)
     assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-5)
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
@@ -97,7 +99,7 @@ def test_epoch_loss_is_averaged_over_training_nodes(prepared):
 def test_epoch_progress_reports_batches(prepared, monkeypatch, caplog):
     import logging
 
-    import tasks.train.loop as train_mod
+    import tasks.train.steps as train_mod
     from tasks.train.model import GNN, ModelSpec
 
     cfg, nd = prepared
@@ -106,9 +108,10 @@ def test_epoch_progress_reports_batches(prepared, monkeypatch, caplog):
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     batches = [np.array([0]), np.array([1, 2, 3]), np.arange(4, 12)]
     monkeypatch.setattr(train_mod, "PROGRESS_SECONDS", 0.0)
-    with caplog.at_level(logging.INFO, logger="tasks.train.loop"):
-        train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"))
-        assert "batch" not in caplog.text  # off unless asked
+    with caplog.at_level(logging.WARNING, logger="graphpipe.progress"):
+        train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"), "epoch 1/5")
+    assert "batch" not in caplog.text  # off unless the progress logger shows INFO
+    with caplog.at_level(logging.INFO, logger="graphpipe.progress"):
         train_epoch(model, opt, Prefetcher(graph, batches, "gcn", 1), torch.device("cpu"), "epoch 2/5")
     assert "epoch 2/5: batch 1/3" in caplog.text and "epoch 2/5: batch 2/3" in caplog.text
 
@@ -133,13 +136,17 @@ def test_graph_without_training_labels_is_rejected(tmp_path):
 
 def test_warm_start_from_earlier_weights_only_when_they_fit(prepared, tmp_path):
     cfg, nd = prepared
-    first = train_cluster_gcn(nd, _with(cfg, tmp_path / "a", "train.epochs=10"))
-    weights = str(Path(first.checkpoint_dir) / MODEL_FILE)
-    cold = train_cluster_gcn(nd, _with(cfg, tmp_path / "b", "train.epochs=1"))
-    warm = train_cluster_gcn(nd, _with(cfg, tmp_path / "c", "train.epochs=1"), init_from=weights)
+    from storage.checkpoints import Checkpoints
+    from storage.store import Store
+
+    first_cfg = _with(cfg, tmp_path / "a", "train.epochs=10")
+    first = train_cluster_gcn(nd, first_cfg)
+    weights = Checkpoints(Store(first_cfg.store), first.graph, first.key).model_location()
+    cold_cfg, warm_cfg = _with(cfg, tmp_path / "b", "train.epochs=1"), _with(cfg, tmp_path / "c", "train.epochs=1")
+    cold = train_cluster_gcn(nd, cold_cfg)
+    warm = train_cluster_gcn(nd, warm_cfg, init_from=weights)
     assert warm.warm_started and not cold.warm_started
-    loss = lambda r: load_checkpoint(Path(r.checkpoint_dir) / MODEL_FILE)["history"][0]["loss"]  # noqa: E731
-    assert loss(warm) < loss(cold)
+    assert trained_record(warm, warm_cfg)["history"][0]["loss"] < trained_record(cold, cold_cfg)["history"][0]["loss"]
     assert warm.checkpoint_dir != cold.checkpoint_dir  # initial weights are part of the checkpoint key
     wider = train_cluster_gcn(nd, _with(cfg, tmp_path / "d", "train.epochs=1", "train.hidden=32"), init_from=weights)
     assert not wider.warm_started
@@ -149,17 +156,18 @@ def test_worker_processes_assemble_the_same_batches_as_the_thread(prepared, tmp_
     """train.loader_workers=2 (spawned processes, as on a GPU machine) trains exactly like the
     default background thread: same batches, same order, same losses."""
     cfg, nd = prepared
-    thread = train_cluster_gcn(nd, _with(cfg, tmp_path / "t", "train.epochs=3", "train.loader_workers=0"))
-    procs = train_cluster_gcn(nd, _with(cfg, tmp_path / "p", "train.epochs=3", "train.loader_workers=2"))
-    h_thread = load_checkpoint(Path(thread.checkpoint_dir) / MODEL_FILE)["history"]
-    h_procs = load_checkpoint(Path(procs.checkpoint_dir) / MODEL_FILE)["history"]
+    t_cfg = _with(cfg, tmp_path / "t", "train.epochs=3", "train.loader_workers=0")
+    p_cfg = _with(cfg, tmp_path / "p", "train.epochs=3", "train.loader_workers=2")
+    thread, procs = train_cluster_gcn(nd, t_cfg), train_cluster_gcn(nd, p_cfg)
+    h_thread = trained_record(thread, t_cfg)["history"]
+    h_procs = trained_record(procs, p_cfg)["history"]
     assert [h["loss"] for h in h_procs] == pytest.approx([h["loss"] for h in h_thread], rel=1e-6)
     assert procs.best_val_acc == thread.best_val_acc
 
 
 def test_loader_workers_auto_is_zero_on_cpu():
     from tasks.config import TrainConfig
-    from tasks.train.loop import resolve_loader_workers
+    from tasks.train.loaders import resolve_loader_workers
 
     assert resolve_loader_workers(TrainConfig(), torch.device("cpu")) == 0
     assert 1 <= resolve_loader_workers(TrainConfig(), torch.device("cuda")) <= 8

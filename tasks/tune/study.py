@@ -41,7 +41,8 @@ from tasks.errors import InputError
 from tasks.tune.tuned import BEST_YAML
 from tasks.evaluate.evaluate import predict_full_graph, split_metrics
 from tasks.train.model import load_trained, resolve_device
-from tasks.train.loop import resolve_clusters_per_batch, train_cluster_gcn
+from tasks.train.loop import train_cluster_gcn
+from tasks.train.steps import resolve_clusters_per_batch
 
 if TYPE_CHECKING:  # optuna is imported where it is used
     import optuna
@@ -209,7 +210,8 @@ def tune_graph(
                 raise optuna.TrialPruned(f"trial {trial.number} pruned at epoch {epoch} (val_acc {val:.4f})")
 
         try:
-            trained = train_cluster_gcn(node_data, cfg, on_epoch=on_epoch)
+            trained = train_cluster_gcn(node_data, cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes,
+                                        lock_timeout=cfg.lock_timeout_seconds, on_epoch=on_epoch)
         except optuna.TrialPruned as pruned:
             track_mod.log_tags(child, {"graphpipe.tune_state": "pruned", "graphpipe.tune_pruned": str(pruned)})
             track_mod.end_run(child, "FINISHED")

@@ -1,0 +1,364 @@
+"""The named steps of Cluster-GCN training, and one process's loop over them.
+
+:func:`train_rank` runs :func:`setup` (graph, model, optimizer; resume from the checkpoint set or
+warm start), then per epoch :func:`run_epoch` (this rank's share of the shuffled batches),
+:func:`validate` (full-graph accuracy, best weights kept), :func:`save_checkpoint` and
+:func:`should_stop` (early stopping), and :func:`finish` (the best weights and history to the
+checkpoint set, the :class:`~tasks.train.result.TrainResult`). In data-parallel training
+(:mod:`tasks.train.distributed`) every rank runs the same loop; rank 0 alone validates, writes
+the checkpoint set and reports epochs. Entry point: :func:`tasks.train.loop.train_cluster_gcn`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from storage.arrays import ClusterGraph
+from storage.checkpoints import Checkpoints, graph_of
+from storage.fingerprint import fingerprint_value
+from storage.snapshot import SPLIT_TRAIN
+from storage.store import NodeDataRef, Store
+from tasks.config import TrainConfig
+from tasks.errors import InputError
+from tasks.evaluate.evaluate import predict_full_graph, split_metrics
+from tasks.train.batching import epoch_batches
+from tasks.train.loaders import BatchLoader, EpochBatches, open_loader
+from tasks.train.model import GNN, ModelSpec, load_checkpoint, plain_checkpoint, resolve_device
+from tasks.train.result import TrainResult
+
+log = logging.getLogger(__name__)
+progress_log = logging.getLogger("graphpipe.progress")
+
+_NOT_IN_KEY = {"device", "prefetch", "resume", "loader_workers"}
+PROGRESS_SECONDS = 10.0
+
+OnEpoch = Callable[[int, dict[str, float]], None]
+
+
+def resolve_clusters_per_batch(graph: ClusterGraph, config: TrainConfig) -> int:
+    """The configured value, or ``round(target_batch_nodes / mean cluster size)`` clamped to
+    ``[1, max(1, num_parts // 2)]`` so that an epoch has at least two batches."""
+    k = graph.num_parts
+    if config.clusters_per_batch != "auto":
+        q = int(config.clusters_per_batch)
+        if not 1 <= q <= k:
+            raise InputError(f"train.clusters_per_batch={q} must be between 1 and the {k} partitions")
+        return q
+    mean_size = graph.num_nodes / k
+    q = max(1, round(config.target_batch_nodes / mean_size))
+    return int(min(q, max(1, k // 2)))
+
+
+def num_classes_of(graph: ClusterGraph, configured: int | None) -> int:
+    """``data.num_classes`` (``configured``) or one more than the largest label, whichever is larger."""
+    labels_max = int(np.max(graph.y)) if graph.num_nodes else -1
+    return max(configured or 0, labels_max + 1)
+
+
+def checkpoint_key(node_data: NodeDataRef, config: TrainConfig, init_from: str | None = None) -> str:
+    """Checkpoints are shared by runs with the same node data, settings and initial weights.
+
+    Settings that do not change the result (device, prefetch, loader processes) are left out;
+    ``world_size`` only when it is 1, so that single-process keys stay what they always were."""
+    params = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
+    if params.get("world_size", 1) == 1:
+        params.pop("world_size", None)
+    return fingerprint_value("train-v1", node_data.fingerprint, params, init_from)
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: EpochBatches,
+    device: torch.device,
+    label: str = "",
+    *,
+    distributed: bool = False,
+) -> dict[str, float]:
+    """One pass over ``batches``; loss and accuracy are averaged over training nodes, not batches.
+
+    Args:
+        model: the model (a ``DistributedDataParallel`` wrapper when ``distributed``).
+        optimizer: stepped once per batch with labeled training nodes.
+        batches: the epoch's batches (:mod:`tasks.train.loaders`).
+        device: where the model is.
+        label: prefix of the progress messages (``"epoch 3/100"``), logged every
+            ``PROGRESS_SECONDS`` on the ``graphpipe.progress`` logger.
+        distributed: every rank steps on every batch, also one without labeled training nodes
+            (a zero loss: the collective gradient average needs every rank), and the metrics are
+            summed over the ranks.
+    """
+    model.train()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss * nodes, correct, nodes
+    t0 = last = time.perf_counter()
+    for i, batch in enumerate(batches):
+        if time.perf_counter() - last >= PROGRESS_SECONDS and progress_log.isEnabledFor(logging.INFO):
+            last = time.perf_counter()
+            progress_log.info("%s: batch %d/%d, %.0f s, loss %.4f", label, i, len(batches.batches), last - t0,
+                              float(sums[0] / max(float(sums[2]), 1.0)))
+        n = int(batch.train_mask.sum())
+        if n == 0 and not distributed:
+            continue
+        batch = batch.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        out = model(batch.x, batch.adj)[batch.train_mask]
+        target = batch.y[batch.train_mask]
+        loss = F.cross_entropy(out, target) if n else out.sum() * 0.0
+        loss.backward()
+        optimizer.step()
+        sums += torch.tensor([float(loss.detach()) * n, int((out.argmax(dim=1) == target).sum()), n], dtype=torch.float64)
+    if distributed:
+        torch.distributed.all_reduce(sums)
+    seen = max(float(sums[2]), 1.0)
+    return {"loss": float(sums[0]) / seen, "batch_train_acc": float(sums[1]) / seen}
+
+
+@dataclass
+class Rank:
+    """This process's place in data-parallel training (rank 0 of 1 when training alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: validates, writes checkpoints, reports metrics."""
+        return self.rank == 0
+
+    def share(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """This rank's batches of an epoch: every ``world_size``-th, starting at ``rank``, after
+        padding the list (repeating its first batches) to a multiple of ``world_size``, so that
+        every rank takes the same number of steps."""
+        if self.world_size == 1:
+            return batches
+        padded = batches + batches[: (-len(batches)) % self.world_size]
+        return padded[self.rank :: self.world_size]
+
+
+@dataclass
+class Training:
+    """Everything the steps share: the data, the model, the optimizer and the bookkeeping that a
+    checkpoint saves (``state``)."""
+
+    node_data: NodeDataRef
+    config: TrainConfig
+    ckpt: Checkpoints
+    graph: ClusterGraph
+    device: torch.device
+    num_classes: int
+    clusters_per_batch: int
+    spec: ModelSpec
+    model: GNN
+    optimizer: torch.optim.Optimizer
+    rank: Rank
+    net: torch.nn.Module  # what trains: the model, or its DistributedDataParallel wrapper
+    state: dict[str, Any] = field(default_factory=lambda: {
+        "epoch": 0, "best_val": -1.0, "best_epoch": 0, "best_state": None, "history": [], "stale": 0})
+    warm: bool = False
+    resumed_from: int = 0
+    wait_total: float = 0.0
+    train_total: float = 0.0
+    batches_run: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _warm_start(model: GNN, spec: ModelSpec, path: str) -> bool:
+    """Load weights saved by an earlier run if they fit ``spec``; say why not otherwise."""
+    saved = load_checkpoint(path)
+    old = ModelSpec(**saved["spec"])
+    if (old.kind, old.in_dim, old.hidden, old.out_dim, old.num_layers, old.input_shift) != (
+        spec.kind, spec.in_dim, spec.hidden, spec.out_dim, spec.num_layers, spec.input_shift
+    ):
+        log.info("train: not warm-starting from %s: its model %s differs from %s (feature layout or settings changed)",
+                 path, saved["spec"], spec.to_dict())
+        return False
+    model.load_state_dict(saved["state_dict"])
+    log.info("train: warm start from %s", path)
+    return True
+
+
+def _resumable(t: Training) -> dict[str, Any] | None:
+    """The saved state to resume from (rank 0 reads it; every rank gets it), or None."""
+    saved = t.ckpt.last() if t.rank.lead and t.config.resume else None
+    if saved is not None and (saved.get("complete") or saved.get("key") != t.ckpt.key):
+        saved = None
+    if t.rank.world_size > 1:
+        box = [saved]
+        torch.distributed.broadcast_object_list(box, src=0)
+        saved = box[0]
+    return saved
+
+
+def _open_graph(node_data: NodeDataRef) -> ClusterGraph:
+    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    split = np.asarray(graph.split)
+    if not np.count_nonzero((split == SPLIT_TRAIN) & (np.asarray(graph.y) >= 0)):
+        raise InputError(f"no labeled training nodes in {node_data.path}: the graph needs labels and a train split")
+    return graph
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` (its construction broadcasts rank 0's weights)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, output_device=device.index if ids else None)
+
+
+def setup(node_data: NodeDataRef, config: TrainConfig, ckpt: Checkpoints, *, num_classes: int | None,
+          init_from: str | None, rank: Rank, device: torch.device) -> Training:
+    """Open the graph, build the model and optimizer; resume from the checkpoint set or warm
+    start from ``init_from`` (on rank 0; other ranks receive the state)."""
+    graph = _open_graph(node_data)
+    classes = num_classes_of(graph, num_classes)
+    spec = ModelSpec(config.model, graph.num_features, config.hidden, classes, config.num_layers, config.dropout,
+                     input_shift=graph.x_shift is not None)
+    torch.manual_seed(config.seed)
+    model = GNN(spec).to(device)
+    warm = rank.lead and init_from is not None and _warm_start(model, spec, init_from)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    t = Training(node_data, config, ckpt, graph, device, classes, resolve_clusters_per_batch(graph, config), spec,
+                 model, optimizer, rank, net=model, warm=warm)
+    saved = _resumable(t)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        t.state = {k: saved[k] for k in t.state}
+        log.info("train: resuming %s after epoch %d", ckpt.location, t.state["epoch"])
+    if graph.x_shift is not None:  # this graph's standardization, whatever weights were loaded
+        model.set_input_shift(graph.x_shift)
+    t.resumed_from = t.state["epoch"]
+    if rank.world_size > 1:
+        t.net = wrap(model, device)  # DistributedDataParallel: rank 0's weights to every rank
+    log.info("train: %s, %d nodes, %d clusters, %d per batch, %d classes, device %s, rank %d of %d",
+             spec.kind, graph.num_nodes, graph.num_parts, t.clusters_per_batch, classes, device, rank.rank,
+             rank.world_size)
+    return t
+
+
+def run_epoch(t: Training, loader: BatchLoader, epoch: int) -> dict[str, float]:
+    """Train one epoch on this rank's share of the epoch's shuffled batches (the same shuffle on
+    every rank: seeded by ``train.seed`` and the epoch)."""
+    t0 = time.perf_counter()
+    if t.rank.world_size > 1:  # dropout differs per rank, reproducibly (a resume repeats it)
+        torch.manual_seed(int(np.random.SeedSequence([t.config.seed, epoch, t.rank.rank]).generate_state(1)[0]))
+    order = epoch_batches(t.graph.num_parts, t.clusters_per_batch, np.random.default_rng([t.config.seed, epoch]))
+    batches = loader.epoch(t.rank.share(order))
+    metrics = train_epoch(t.net, t.optimizer, batches, t.device, f"epoch {epoch}/{t.config.epochs}",
+                          distributed=t.rank.world_size > 1)
+    metrics["epoch_seconds"] = time.perf_counter() - t0
+    metrics["batch_wait_seconds"] = batches.wait_seconds
+    t.wait_total += batches.wait_seconds
+    t.train_total += metrics["epoch_seconds"]
+    t.batches_run += len(batches.batches)
+    return metrics
+
+
+def validate(t: Training, epoch: int, metrics: dict[str, float]) -> None:
+    """Every ``eval_every`` epochs (and the last): full-graph accuracy; keep the best weights."""
+    if epoch % t.config.eval_every and epoch != t.config.epochs:
+        return
+    t1 = time.perf_counter()
+    pred = predict_full_graph(t.model, t.graph, t.device, scratch_dir=t.ckpt.local_dir())
+    sm = split_metrics(pred, np.asarray(t.graph.y), np.asarray(t.graph.split), t.num_classes)
+    metrics.update(train_acc=sm.acc["train"], val_acc=sm.acc["val"], eval_seconds=time.perf_counter() - t1)
+    val = sm.acc["val"] if not np.isnan(sm.acc["val"]) else sm.acc["train"]
+    if val > t.state["best_val"]:
+        t.state.update(best_val=val, best_epoch=epoch, best_state=copy.deepcopy(t.model.state_dict()), stale=0)
+    else:
+        t.state["stale"] += t.config.eval_every
+
+
+def save_checkpoint(t: Training, complete: bool = False) -> None:
+    """The resumable state (model, optimizer, RNG, bookkeeping) into the checkpoint set."""
+    t.ckpt.save_last(plain_checkpoint({
+        **t.state, "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(), "key": t.ckpt.key, "complete": complete, "spec": t.spec.to_dict(),
+        "world_size": t.rank.world_size}))
+
+
+def should_stop(t: Training, epoch: int) -> bool:
+    """Early stopping: ``patience`` epochs without a better validation accuracy (rank 0 decides,
+    every rank follows)."""
+    stop = bool(t.rank.lead and t.config.patience is not None and t.state["stale"] >= t.config.patience)
+    if t.rank.world_size > 1:
+        flag = torch.tensor([int(stop)])
+        torch.distributed.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    if stop and t.rank.lead:
+        log.info("train: early stop at epoch %d (best %d)", epoch, t.state["best_epoch"])
+    return stop
+
+
+def _lead_epoch_end(t: Training, epoch: int, metrics: dict[str, float], on_epoch: OnEpoch | None) -> None:
+    validate(t, epoch, metrics)
+    t.state["epoch"] = epoch
+    t.state["history"].append({"epoch": epoch, **metrics})
+    save_checkpoint(t)
+    progress_log.info("epoch %d/%d %s", epoch, t.config.epochs, {k: round(v, 4) for k, v in metrics.items()})
+    if on_epoch is not None:
+        on_epoch(epoch, metrics)
+
+
+def finish(t: Training) -> TrainResult:
+    """Save the best-validation weights and the history (rank 0); the run's :class:`TrainResult`."""
+    rank_batches = [t.batches_run] * t.rank.world_size
+    if t.rank.world_size > 1:
+        counts = torch.zeros(t.rank.world_size, dtype=torch.int64)
+        counts[t.rank.rank] = t.batches_run
+        torch.distributed.all_reduce(counts)
+        rank_batches = [int(c) for c in counts]
+    if t.rank.lead:
+        best_state = t.state["best_state"] if t.state["best_state"] is not None else t.model.state_dict()
+        t.ckpt.save_model(plain_checkpoint({
+            "spec": t.spec.to_dict(), "state_dict": best_state, "num_classes": t.num_classes,
+            "best_epoch": t.state["best_epoch"], "history": t.state["history"]}))
+        save_checkpoint(t, complete=True)
+    return TrainResult(
+        checkpoint_dir=t.ckpt.location, key=t.ckpt.key, spec=t.spec.to_dict(), num_classes=t.num_classes,
+        clusters_per_batch=t.clusters_per_batch, best_epoch=t.state["best_epoch"],
+        best_val_acc=float(t.state["best_val"]), epochs_run=t.state["epoch"], resumed_from_epoch=t.resumed_from,
+        device=str(t.device), seconds=time.perf_counter() - t.started,
+        batch_wait_fraction=t.wait_total / t.train_total if t.train_total else 0.0, warm_started=t.warm,
+        graph=t.ckpt.graph, world_size=t.rank.world_size, rank_batches=rank_batches)
+
+
+def train_rank(node_data: NodeDataRef, config: TrainConfig, ckpt: Checkpoints, *, num_classes: int | None = None,
+               init_from: str | None = None, rank: Rank | None = None, device: torch.device | None = None,
+               on_epoch: OnEpoch | None = None) -> TrainResult:
+    """The training loop of one process (the only one, or one rank of a process group that is
+    already initialized). The caller holds the checkpoint set's lock. Arguments as for
+    :func:`train_cluster_gcn`; ``on_epoch`` is called on rank 0 only."""
+    rank = rank or Rank()
+    t = setup(node_data, config, ckpt, num_classes=num_classes, init_from=init_from, rank=rank,
+              device=device or resolve_device(config.device))
+    loader = open_loader(node_data, t.graph, t.spec.kind, config, t.device)
+    try:
+        for epoch in range(t.state["epoch"] + 1, config.epochs + 1):
+            metrics = run_epoch(t, loader, epoch)
+            if rank.lead:
+                _lead_epoch_end(t, epoch, metrics, on_epoch)
+            else:
+                t.state["epoch"] = epoch
+            if should_stop(t, epoch):
+                break
+        return finish(t)
+    finally:
+        loader.close()
+
+
+def checkpoints_for(node_data: NodeDataRef, config: TrainConfig, store: Store, init_from: str | None = None) -> Checkpoints:
+    """The checkpoint set a training of ``node_data`` with ``config`` (and ``init_from``) uses."""
+    return Checkpoints(store, graph_of(node_data.path), checkpoint_key(node_data, config, init_from))
+
+
