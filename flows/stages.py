@@ -116,7 +116,7 @@ def current_snapshot(graph: str, store: Store) -> SnapshotRef:
     """The snapshot last ingested for graph ``graph`` in the store."""
     ref = store.current_snapshot(graph)
     if ref is None:
-        raise InputError(f"no snapshot of graph {graph!r} in store {store.root}: run `graphpipe ingest` first")
+        raise InputError(f"no snapshot of graph {graph!r} in store {store.uri}: run `graphpipe ingest` first")
     return ref
 
 
@@ -235,7 +235,7 @@ def train_on_deployment(
     found = find_result(Store(config.store), config.data.name, run.run_id)
     if found is None:
         raise RuntimeError(f"training flow run {child.name} on {deployment} completed but left no result for MLflow run "
-                           f"{run.run_id} in the store {Store(config.store).root}")
+                           f"{run.run_id} in the store {Store(config.store).uri}")
     return TrainResult(**found)
 
 

@@ -102,9 +102,7 @@ class Checkpoints:
     def local_dir(self) -> Path:
         """A local directory of the set (the set itself on a local store): scratch space for
         full-graph inference and the place evaluation outputs are written beside the weights."""
-        d = self.store.object_path(self.graph, FOLDER, self.key)
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return self.store.local_object_dir(self.graph, FOLDER, self.key)
 
     def _get(self, name: str) -> dict[str, Any] | None:
         data = self.store.get_object(self.graph, FOLDER, self.key, name)
@@ -183,13 +181,20 @@ def find_result(store: Store, graph: str, run_id: str) -> dict[str, Any] | None:
     :meth:`Checkpoints.save_result`), whichever checkpoint set holds it; None when there is none.
     The caller need not know the checkpoint key: the training run decided it."""
     name = _result_name(run_id)
-    folder = store.object_path(graph, FOLDER)
-    if not folder.is_dir():
-        return None
-    for ckpt in sorted(folder.iterdir()):
-        if ckpt.name.startswith(".") or not ckpt.is_dir():
-            continue
-        data = store.get_object(graph, FOLDER, ckpt.name, name)
+    for key in store.list_objects(graph, FOLDER):
+        data = store.get_object(graph, FOLDER, key, name)
         if data is not None:
             return json.loads(data)
     return None
+
+
+def checkpoints_at(location: str) -> Checkpoints:
+    """The checkpoint set at ``location`` (:attr:`Checkpoints.location`: a path, or a URI on a
+    remote store), its store found from the location itself."""
+    from storage.store import Store
+
+    root, sep, rest = str(location).rpartition("/graphs/")
+    parts = rest.split("/")
+    if not sep or len(parts) != 3 or parts[1] != FOLDER:
+        raise ValueError(f"{location} is not a checkpoint set of a store")
+    return Checkpoints(Store(root), parts[0], parts[2])

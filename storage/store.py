@@ -237,6 +237,28 @@ class Store:
         """:meth:`object_path` as a string."""
         return str(self.object_path(graph, *parts))
 
+    def local_object_dir(self, graph: str, *parts: str) -> Path:
+        """A local directory for object folder ``parts`` of ``graph`` (created): the folder itself
+        on a local store; on a remote one, this machine's work directory for it (scratch space
+        beside the objects, never read by another machine)."""
+        d = self.root.joinpath(*self._object_parts(graph, parts))
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def list_objects(self, graph: str, *parts: str) -> list[str]:
+        """The names directly below object folder ``parts`` of ``graph`` (files and folders, not
+        those starting with ``.``), sorted; empty when there is none."""
+        rel = self._object_parts(graph, parts)
+        if self.remote:
+            import pyarrow.fs as pafs
+
+            infos = self.location.fs.get_file_info(pafs.FileSelector(self.remote_path(*rel), allow_not_found=True))
+            names = [i.base_name for i in infos]
+        else:
+            d = self.root.joinpath(*rel)
+            names = [p.name for p in d.iterdir()] if d.is_dir() else []
+        return sorted(n for n in names if not n.startswith("."))
+
     def put_object(self, graph: str, *parts: str, data: bytes) -> None:
         """Write (or replace) object ``parts`` of ``graph`` atomically: readers see the old
         bytes or the new ones, never a mix (one PUT on object storage)."""
@@ -348,3 +370,17 @@ def output_at(location):
         return Store(root).open(str(location))
     p = Path(location).expanduser().resolve()
     return Store(p.parent.parent.parent.parent).open(p)
+
+
+def store_for(config: Any) -> Store:
+    """The :class:`Store` of a pipeline config (its ``store``, ``cache_dir``, ``cache_max_gb``).
+
+    The cache settings are also exported as ``$GRAPHPIPE_CACHE_DIR`` / ``$GRAPHPIPE_CACHE_MAX_GB``
+    when the config sets them, so that every other :class:`Store` of this run, and the processes
+    it starts (data-parallel training ranks), use the same cache.
+    """
+    if getattr(config, "cache_dir", None):
+        os.environ["GRAPHPIPE_CACHE_DIR"] = str(Path(config.cache_dir).expanduser().resolve())
+    if getattr(config, "cache_max_gb", None):
+        os.environ["GRAPHPIPE_CACHE_MAX_GB"] = str(config.cache_max_gb)
+    return Store(config.store)

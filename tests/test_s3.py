@@ -337,3 +337,58 @@ def test_mlflow_server_keeps_artifacts_in_the_bucket(s3_env, tmp_path):
     store = Store(f"s3://{s3_env}/mlflow")
     files = sfs.list_sizes(store.location.fs, store.location.base, recursive=True)
     assert any(name.endswith("/artifacts/report.txt") for name in files), files
+
+
+# -- the whole pipeline on the bucket ---------------------------------------------------------------
+@pytest.mark.slow
+def test_cora_pipeline_on_s3_reuses_from_the_bucket(prefect_harness, s3_env, tmp_path, monkeypatch):
+    import storage.outputs as outputs_mod
+    from flows.pipeline import graph_pipeline
+    from tasks.config import DataConfig, PipelineConfig, TrackConfig
+    from tests.conftest import dataset
+
+    monkeypatch.chdir(tmp_path)
+    cora = dataset("cora")
+    uri = f"s3://{s3_env}/stores/nightly"
+
+    def config(cache: str) -> PipelineConfig:
+        return PipelineConfig(store=uri, cache_dir=str(tmp_path / cache),
+                              data=DataConfig(name="cora", edges=[str(cora / "edges.csv")],
+                                              nodes=str(cora / "nodes.parquet")),
+                              track=TrackConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+
+    published: list[str] = []
+    real_publish = outputs_mod.publish
+
+    def counting_publish(output, **kw):
+        published.append(output.kind)
+        return real_publish(output, **kw)
+
+    monkeypatch.setattr(outputs_mod, "publish", counting_publish)
+
+    first = graph_pipeline(config("cache-a"))
+    assert first["metrics"]["test_acc"] >= 0.79, first["metrics"]
+    assert {"snapshot", "features", "partition", "node_data", "evaluation"} <= set(published)
+    assert first["snapshot"].startswith(uri + "/graphs/cora/snapshots/")
+    assert first["predictions"].startswith(uri + "/graphs/cora/evaluation/")
+    files = sfs.list_sizes(Store(uri).location.fs, f"{s3_env}/stores/nightly/graphs/cora", recursive=True)
+    folders = {name.split("/")[0] for name in files}
+    assert {"snapshots", "features", "partitions", "node_data", "evaluation", "checkpoints",
+            "CURRENT.json", "history.jsonl"} <= folders, folders
+    assert first["predictions"].split("/graphs/cora/")[1] in files
+    assert not (tmp_path / "s3:").exists()
+
+    # a second run with the same cache: every stage output is reused from the bucket
+    published.clear()
+    second = graph_pipeline(config("cache-a"))
+    assert not {"snapshot", "features", "partition", "node_data"} & set(published), published
+    assert second["snapshot"] == first["snapshot"] and second["partition"] == first["partition"]
+
+    # another worker (a fresh cache directory): fills its cache from the bucket instead of recomputing
+    published.clear()
+    third = graph_pipeline(config("cache-b"))
+    assert not {"snapshot", "features", "partition", "node_data"} & set(published), published
+    assert third["partition"] == first["partition"]
+    filled = {p.parent.name for p in (tmp_path / "cache-b" / "outputs").glob("*/*/.filled")}
+    assert {"features", "partition", "node_data"} <= filled, filled
+    assert third["metrics"]["test_acc"] >= 0.79
