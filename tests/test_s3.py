@@ -197,6 +197,22 @@ def test_objects_go_straight_to_the_bucket(store):
         store.checkpoint_dir("g", "k")  # no silent local path for a remote store
 
 
+def test_verify_checks_every_byte_in_the_bucket(store, capsys):
+    from flows.cli import main
+    from storage.verify import verify_graph
+
+    good, _ = _publish(store, key="good")
+    bad, _ = _publish(store, key="bad")
+    raw = sfs.read_bytes(store.location.fs, f"{bad.remote_path}/x.npy")
+    sfs.write_bytes(store.location.fs, f"{bad.remote_path}/x.npy", raw[:-1] + bytes([raw[-1] ^ 1]))  # same size
+    checks = {c.fingerprint: c for c in verify_graph(store.uri, "g")}
+    assert checks["good"].status == "ok" and checks["bad"].status == "damaged"
+    assert "x.npy checksum" in checks["bad"].detail
+    assert main(["verify", "--store", store.uri, "--name", "g", "--repair"]) == 1
+    assert "removed: the next run rebuilds it" in capsys.readouterr().out
+    assert bad.damage() == "missing" and good.exists()
+
+
 # -- the local cache --------------------------------------------------------------------------------
 def test_cache_refetches_a_damaged_entry(store, tmp_path):
     out, x = _publish(store)
