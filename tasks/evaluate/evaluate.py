@@ -30,7 +30,7 @@ from storage.checkpoints import checkpoints_at
 from storage.evaluation import read_metrics, write_evaluation
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TEST, read_node_ids
-from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store
+from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store, output_at
 from tasks.train.batching import RowBlock, block_bounds, gcn_inverse_sqrt_degrees, row_block, sparse_csr, split_masks
 from tasks.train.model import GNN, load_trained, resolve_device
 
@@ -329,7 +329,7 @@ def evaluate_model(
     if out.reusable("evaluation"):
         log.info("evaluate: cache hit %s", out.location)
         return EvaluationRef(path=out.location, metrics=read_metrics(out), key=key, reused=True)
-    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     model, saved = load_trained(train_result.checkpoint_dir)
     device = resolve_device(device)
     n = graph.num_nodes

@@ -298,7 +298,7 @@ def end_run(run: RunRef, status: str = "FINISHED", reason: str | None = None) ->
 def _example_inputs(node_data: NodeDataRef, snapshot: SnapshotRef) -> tuple[torch.Tensor, torch.Tensor]:
     """A real subgraph (whole clusters, at least 2 edges) as raw features + edge_index, for the
     model's input example and signature."""
-    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     clusters = np.arange(1)
     nodes, crow, col = batch_subgraph(graph, clusters)
     while len(col) < 2 and len(clusters) < graph.num_parts:

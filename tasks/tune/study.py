@@ -35,7 +35,7 @@ from storage.arrays import ClusterGraph
 from storage.checkpoints import checkpoints_at
 from storage.atomic import read_json, write_bytes, write_json
 from storage.fingerprint import fingerprint_value
-from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store
+from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store, output_at
 from tasks.track import tracking as track_mod
 from tasks.config import NormalizeConfig, PipelineConfig, load_config
 from tasks.errors import InputError
@@ -118,7 +118,7 @@ class TuneResult:
 
 def _test_accuracy(checkpoint_dir: str, node_data: NodeDataRef, num_classes: int, device: str) -> dict[str, float]:
     model, _ = load_trained(checkpoint_dir)
-    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     dev = resolve_device(device)
     pred = predict_full_graph(model.to(dev), graph, dev, scratch_dir=checkpoints_at(checkpoint_dir).local_dir())
     sm = split_metrics(pred, np.asarray(graph.y), np.asarray(graph.split), num_classes)
@@ -151,7 +151,7 @@ def tune_graph(
     t0 = time.perf_counter()
     tc = config.tune
     default_features = normalize(snapshot, config)
-    graph = ClusterGraph.open(partition.path, layout(partition, snapshot, default_features, config).path)
+    graph = ClusterGraph.open(output_at(partition.path), output_at(layout(partition, snapshot, default_features, config).path))
     num_parts = graph.num_parts
     default_q = resolve_clusters_per_batch(graph, config.train)
     default_method = default_features.method
