@@ -240,6 +240,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a community graph and run every stage on it with the default config."""
     from tasks.synthetic.generate import GeneratorConfig, generate_graph
 
+    from storage.fs import is_uri
+
+    if is_uri(args.store):
+        raise InputError(f"demo --store {args.store}: the demo generates its input files in the store's folder, so it "
+                         f"needs a local directory; use `graphpipe run --store {args.store}` with your own files")
     server = _start_prefect(args)
     from flows.pipeline import graph_pipeline
 

@@ -15,7 +15,7 @@ from prefect import get_run_logger, task
 
 from flows.stages import _retrying, read_history
 from storage.arrays import ClusterGraph
-from storage.store import FeaturesRef, NodeDataRef, output_at
+from storage.store import FeaturesRef, NodeDataRef, Store, output_at
 from tasks.track import tracking as track_mod
 from tasks.evaluate.baseline import BaselineResult, train_baseline
 from tasks.config import PipelineConfig
@@ -58,7 +58,7 @@ def check_health(
     graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     chance = chance_level(np.asarray(graph.y), np.asarray(graph.split), trained.num_classes)
     health = check_run_health(
-        read_history(trained),
+        read_history(trained, Store(config.store)),
         chance=chance,
         val_acc=evaluation.metrics.get("val_acc"),
         baseline_val_acc=base.val_acc if base is not None else None,
