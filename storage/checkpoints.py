@@ -123,6 +123,10 @@ class Checkpoints:
         self._put(LAST, state)
 
     # -- the trained model ------------------------------------------------------------------
+    def model_bytes(self) -> bytes | None:
+        """The saved model's file as stored (to hand on unchanged, e.g. as an MLflow artifact)."""
+        return self.store.get_object(self.graph, FOLDER, self.key, MODEL)
+
     def model(self) -> dict[str, Any] | None:
         """The finished run's record: ``spec``, ``state_dict`` (best validation), ``num_classes``,
         ``best_epoch``, ``history``; None before a run finished."""
