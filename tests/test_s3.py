@@ -405,6 +405,6 @@ def test_cora_pipeline_on_s3_reuses_from_the_bucket(prefect_harness, s3_env, tmp
     third = graph_pipeline(config("cache-b"))
     assert not {"snapshot", "features", "partition", "node_data"} & set(published), published
     assert third["partition"] == first["partition"]
-    filled = {p.parent.name for p in (tmp_path / "cache-b" / "outputs").glob("*/*/.filled")}
+    filled = {p.parent.parent.name for p in (tmp_path / "cache-b" / "outputs").glob("*/*/.filled")}
     assert {"features", "partition", "node_data"} <= filled, filled
     assert third["metrics"]["test_acc"] >= 0.79
