@@ -109,7 +109,8 @@ def side_graphpipe(p: dict) -> dict:
     import numpy as np
 
     from tasks.evaluate.evaluate import evaluate_model
-    from tasks.train.model import MODEL_FILE, load_checkpoint
+    from storage.checkpoints import Checkpoints
+    from storage.store import Store
     from tasks.prepare import prepare_graph
     from tasks.train.loop import train_cluster_gcn
 
@@ -124,13 +125,13 @@ def side_graphpipe(p: dict) -> dict:
             runs.append({"seed": seed, "node_data": asdict(nd), "snapshot": snap.path})
             continue
         t0 = B.timer()
-        trained = train_cluster_gcn(nd, cfg)
+        trained = train_cluster_gcn(nd, cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes)
         train_s = B.timer() - t0
         t0 = B.timer()
         ev = evaluate_model(trained, nd, snap, Store(cfg.store), device=cfg.train.device, seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
         eval_s = B.timer() - t0
         split = np.load(Path(nd.path) / "split.npy")
-        history = load_checkpoint(Path(trained.checkpoint_dir) / MODEL_FILE)["history"]
+        history = Checkpoints(Store(cfg.store), trained.graph, trained.key).history()
         m = ev.metrics
         B.log(f"graphpipe {p['dataset']} seed {seed}: test {m['test_acc']:.4f} (val {m['val_acc']:.4f}, best epoch "
               f"{int(m['best_epoch'])}), {trained.clusters_per_batch} of {part.num_parts} clusters per batch; "

@@ -152,7 +152,7 @@ def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
     batches = epoch_batches(graph.num_parts, q, np.random.default_rng(0))
     nodes = edges = 0
     if p.get("workers"):  # the worker processes a GPU run uses (train.loader_workers)
-        from tasks.train.loop import WorkerLoader
+        from tasks.train.loaders import WorkerLoader
 
         loader = WorkerLoader(nd, cfg.train.model, int(p["workers"]), cfg.train.prefetch)
         try:
@@ -180,6 +180,7 @@ def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
 def side_train(p: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
+    from storage.store import Store
     from tasks.train.loop import train_cluster_gcn
 
     epochs: list[dict[str, float]] = []
@@ -191,7 +192,9 @@ def side_train(p: dict[str, Any]) -> dict[str, Any]:
               + f", peak RSS so far {B.peak_rss_mb():,.0f} MB")
 
     t0 = time.perf_counter()
-    result = train_cluster_gcn(_refs(p)["node_data"], _config(p), on_epoch=on_epoch)
+    cfg = _config(p)
+    result = train_cluster_gcn(_refs(p)["node_data"], cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes,
+                               on_epoch=on_epoch)
     return {"seconds": time.perf_counter() - t0, "result": asdict(result), "epochs": epochs}
 
 
@@ -237,6 +240,8 @@ def main() -> None:
     B.add_common_args(ap)
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 10; --smoke 2)")
     ap.add_argument("--eval-every", type=int, default=None, help="full-graph validation every N epochs (default 5)")
+    ap.add_argument("--nodes", type=int, default=None,
+                    help="scale the graph to this many nodes (Amazon2M's degree, classes, features; docs/scale.md)")
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--keep", action="store_true", help="keep the store (default: deleted after the run)")
@@ -250,6 +255,8 @@ def main() -> None:
         return
 
     graph = SMOKE if args.smoke else AMAZON2M
+    if args.nodes and not args.smoke:
+        graph = {**graph, "nodes": args.nodes}
     epochs = args.epochs or (2 if args.smoke else 10)
     eval_every = args.eval_every or (1 if args.smoke else 5)
     key = B.graph_key(graph["nodes"], graph["avg_degree"], graph["features"]) + f"-c{graph['classes']}"

@@ -127,6 +127,7 @@ def run_cell(graph: str, candidate: str, seed: int, epochs: int | None, workdir:
     from tasks.config import load_config
     from tasks.evaluate.evaluate import evaluate_model
     from tasks.prepare import prepare_graph
+    from storage.store import Store
     from tasks.train.loop import train_cluster_gcn
 
     base = {"store": str(workdir / "store" / graph), **graph_inputs(graph, workdir)}
@@ -139,7 +140,7 @@ def run_cell(graph: str, candidate: str, seed: int, epochs: int | None, workdir:
     snap, feats, part, nd = prepare_graph(cfg)
     prep = time.perf_counter() - t0
     t0 = time.perf_counter()
-    trained = train_cluster_gcn(nd, cfg)
+    trained = train_cluster_gcn(nd, cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes)
     ev = evaluate_model(trained, nd, snap, Store(cfg.store), device=cfg.train.device, seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
     secs = time.perf_counter() - t0
     m = ev.metrics

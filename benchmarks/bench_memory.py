@@ -63,6 +63,7 @@ def side_floor(p: dict) -> dict:
 def side_train(p: dict) -> dict:
     import torch
 
+    from storage.store import Store
     from tasks.config import PipelineConfig
     from tasks.train.loop import train_cluster_gcn
 
@@ -84,7 +85,8 @@ def side_train(p: dict) -> dict:
             "train": {"epochs": p["epochs"], "eval_every": 1_000_000, "clusters_per_batch": p["q"], "resume": False},
         })
         t0 = time.perf_counter()
-        result = train_cluster_gcn(B.node_data_ref(refs), cfg, on_epoch=on_epoch)
+        result = train_cluster_gcn(B.node_data_ref(refs), cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes,
+                                   on_epoch=on_epoch)
         seconds = time.perf_counter() - t0
     finally:
         shutil.rmtree(store, ignore_errors=True)

@@ -44,7 +44,8 @@ def side_run(p: dict) -> dict:
 
     from tasks.config import load_config
     from tasks.evaluate.evaluate import evaluate_model
-    from tasks.train.model import MODEL_FILE, load_checkpoint
+    from storage.checkpoints import Checkpoints
+    from storage.store import Store
     from tasks.prepare import prepare_graph
     from tasks.train.loop import train_cluster_gcn
 
@@ -62,10 +63,10 @@ def side_run(p: dict) -> dict:
     snap, feats, part, nd = prepare_graph(cfg)
     prep = B.timer() - t0
     t0 = B.timer()
-    trained = train_cluster_gcn(nd, cfg)
+    trained = train_cluster_gcn(nd, cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes)
     train_s = B.timer() - t0
     ev = evaluate_model(trained, nd, snap, Store(cfg.store), device=cfg.train.device, seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
-    history = load_checkpoint(Path(trained.checkpoint_dir) / MODEL_FILE)["history"]
+    history = Checkpoints(Store(cfg.store), trained.graph, trained.key).history()
     epoch_s = statistics.median(h["epoch_seconds"] for h in history)
     eval_s = statistics.median(h["eval_seconds"] for h in history if "eval_seconds" in h)
     sparse = (Path(nd.path) / "x_indptr.npy").exists()

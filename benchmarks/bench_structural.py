@@ -61,6 +61,7 @@ def run_one(name: str, edges: Path, nodes: Path, store: Path, encoding: str, see
     from tasks.normalize.features import load_stats, normalize_features
     from tasks.partition.layout import layout_node_data
     from tasks.partition.partition import partition_graph
+    from storage.store import Store
     from tasks.train.loop import train_cluster_gcn
 
     method, _, k = encoding.partition(":")
@@ -75,7 +76,7 @@ def run_one(name: str, edges: Path, nodes: Path, store: Path, encoding: str, see
     stats = load_stats(feats)
     nd = layout_node_data(partition_graph(snap, cfg.partition, Store(cfg.store)), snap, feats, Store(cfg.store))
     t0 = time.perf_counter()
-    trained = train_cluster_gcn(nd, cfg)
+    trained = train_cluster_gcn(nd, cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes)
     m = evaluate_model(trained, nd, snap, Store(cfg.store), device=cfg.train.device, seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes).metrics
     seconds = (stats.structural or {}).get("seconds", 0.0)
     B.log(f"{name} {encoding} seed {seed}: test {m['test_acc']:.4f} val {m['val_acc']:.4f} (best epoch "

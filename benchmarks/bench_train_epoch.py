@@ -15,8 +15,8 @@ weight_decay 5e-4, loss on the batch's training nodes), ``torch.manual_seed(0)``
   on ``edge_index``; the epoch = loader + forward + backward + step;
 - ``graphpipe``: ``storage.arrays.ClusterGraph`` (memory-mapped node data of
   ``tasks.partition.partition.layout_node_data``), batches from ``tasks.train.batching.epoch_batches`` /
-  ``build_batch`` through ``tasks.train.loop.Prefetcher`` (background thread, depth 2), ``tasks.train.model.GNN``,
-  one epoch = ``tasks.train.loop.train_epoch``;
+  ``build_batch`` through ``tasks.train.loaders.Prefetcher`` (background thread, depth 2), ``tasks.train.model.GNN``,
+  one epoch = ``tasks.train.steps.train_epoch``;
 
 Each side is its own process (its own peak RSS). The machine is shared and noisy, so the sides run
 **interleaved epoch by epoch** (A B, B A, ...): each pair of epochs sees about the same load. Per
@@ -185,7 +185,8 @@ class GraphpipeSide:
         from tasks.train.batching import build_batch, epoch_batches
         from tasks.evaluate.evaluate import infer_full_graph, split_metrics
         from tasks.train.model import GNN, ModelSpec
-        from tasks.train.loop import Prefetcher, train_epoch
+        from tasks.train.loaders import Prefetcher
+        from tasks.train.steps import train_epoch
 
         _setup_torch(p)
         self.p, self.np, self.torch = p, np, torch

@@ -21,7 +21,7 @@ from tasks.evaluate.baseline import BaselineResult, train_baseline
 from tasks.config import PipelineConfig
 from tasks.evaluate.evaluate import EvaluationRef
 from tasks.evaluate.health import Health, chance_level, check_run_health
-from tasks.train.loop import TrainResult
+from tasks.train.result import TrainResult
 
 
 @task(name="features-baseline", **_retrying)

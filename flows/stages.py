@@ -322,11 +322,13 @@ def log_run(
     return tracked
 
 
-def read_history(trained: TrainResult, store: Store) -> list[dict[str, Any]]:
-    """The per-epoch metrics of a finished training, from its checkpoint set in ``store``."""
+def read_history(trained: TrainResult, store: Store | None = None) -> list[dict[str, Any]]:
+    """The per-epoch metrics of a finished training, from its checkpoint set (in ``store``, by
+    default the store its ``checkpoint_dir`` is in)."""
     from storage.checkpoints import Checkpoints
 
-    return Checkpoints(store, trained.graph, trained.key).history()
+    ckpt = Checkpoints.at(trained.checkpoint_dir) if store is None else Checkpoints(store, trained.graph, trained.key)
+    return ckpt.history()
 
 
 def lineage_tags(snapshot: SnapshotRef, features: FeaturesRef, partition: PartitionRef, node_data: NodeDataRef) -> dict[str, str]:

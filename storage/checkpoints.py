@@ -113,6 +113,18 @@ class Checkpoints:
     def _put(self, name: str, obj: dict[str, Any]) -> None:
         self.store.put_object(self.graph, FOLDER, self.key, name, data=torch_bytes(obj))
 
+    @classmethod
+    def at(cls, location: str) -> Checkpoints:
+        """The set at ``location`` (a :attr:`location` recorded in a training result: a path, or
+        a URI on a remote store), its store found from the location itself."""
+        from storage.store import Store
+
+        root, sep, rest = str(location).rpartition("/graphs/")
+        parts = rest.split("/")
+        if not sep or not root or len(parts) != 3 or parts[1] != FOLDER or not parts[0] or not parts[2]:
+            raise ValueError(f"{location} is not a checkpoint set of a store")
+        return cls(Store(root), parts[0], parts[2])
+
     # -- the resumable state ------------------------------------------------------------------
     def last(self) -> dict[str, Any] | None:
         """The state saved after the latest epoch (model, optimizer, RNG, bookkeeping), or None."""
@@ -190,15 +202,3 @@ def find_result(store: Store, graph: str, run_id: str) -> dict[str, Any] | None:
         if data is not None:
             return json.loads(data)
     return None
-
-
-def checkpoints_at(location: str) -> Checkpoints:
-    """The checkpoint set at ``location`` (:attr:`Checkpoints.location`: a path, or a URI on a
-    remote store), its store found from the location itself."""
-    from storage.store import Store
-
-    root, sep, rest = str(location).rpartition("/graphs/")
-    parts = rest.split("/")
-    if not sep or len(parts) != 3 or parts[1] != FOLDER:
-        raise ValueError(f"{location} is not a checkpoint set of a store")
-    return Checkpoints(Store(root), parts[0], parts[2])

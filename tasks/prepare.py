@@ -10,7 +10,7 @@ as usual, so a second call with the same inputs and settings reuses every output
     from tasks.prepare import prepare_graph
 
     prepared = prepare_graph(load_config("graphpipe.yaml"))
-    result = train_cluster_gcn(prepared.node_data, config)
+    result = train_cluster_gcn(prepared.node_data, config.train, Store(config.store), num_classes=config.data.num_classes)
 """
 
 from __future__ import annotations

@@ -57,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             nd = step("layout", lambda: layout_node_data(part, snap, feats, store))
             out["node_data"] = nd.fingerprint
         if args.until in ("train", "evaluate"):
+            from storage.store import Store
             from tasks.train.loop import train_cluster_gcn
 
-            trained = step("train", lambda: train_cluster_gcn(nd, cfg))
+            trained = step("train", lambda: train_cluster_gcn(nd, cfg.train, Store(cfg.store), num_classes=cfg.data.num_classes,
+                                                              lock_timeout=cfg.lock_timeout_seconds))
             out["resumed_from_epoch"] = trained.resumed_from_epoch
             out["epochs_run"] = trained.epochs_run
             out["best_val_acc"] = trained.best_val_acc

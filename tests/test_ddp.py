@@ -144,3 +144,26 @@ def test_a_rank_error_reaches_the_caller_with_its_type(tmp_path):
     nd = prepare_graph(cfg).node_data
     with pytest.raises(InputError, match="no labeled training nodes"):
         train_cluster_gcn(nd, cfg)
+
+
+@pytest.mark.slow
+def test_pipeline_with_two_ranks_reaches_cora_accuracy_and_tracks_them(prefect_harness, tmp_path):
+    """``--set train.world_size=2`` through the whole flow (Prefect task, MLflow run): the default
+    config with early stopping, two gloo ranks; the run records the ranks and their batches."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import graph_pipeline
+
+    d = dataset("cora")
+    cfg = PipelineConfig(store=str(tmp_path / "store"),
+                         data=DataConfig(name="cora", edges=[str(d / "edges.csv")], nodes=str(d / "nodes.parquet")))
+    result = graph_pipeline(cfg, overrides={"train.world_size": 2})
+    assert result["metrics"]["test_acc"] >= 0.78, result["metrics"]
+    run = MlflowClient(result["mlflow"]["tracking_uri"]).get_run(result["mlflow"]["run_id"])
+    assert run.data.params["train.world_size"] == "2"
+    tags = run.data.tags
+    assert tags["graphpipe.world_size"] == "2"
+    per_rank = [int(n) for n in tags["graphpipe.rank_batches"].split(",")]
+    assert len(per_rank) == 2 and per_rank[0] == per_rank[1] > 0
+    loss = MlflowClient(result["mlflow"]["tracking_uri"]).get_metric_history(result["mlflow"]["run_id"], "loss")
+    assert [m.step for m in loss] == list(range(1, len(loss) + 1))  # rank 0's epochs reached MLflow, in order

@@ -345,13 +345,14 @@ def test_two_trainings_never_share_a_checkpoint_directory(graph, tmp_path):
     assert rc == 0, text
     from storage.store import NodeDataRef, PartitionRef
     from tasks.config import load_config
-    from tasks.train.loop import checkpoint_key, train_cluster_gcn
+    from tasks.train.steps import checkpoints_for
+    from tests.helpers import train as train_cluster_gcn
 
     cfg = load_config(None, None, base=json.loads(cfg_path.read_text()))
     s = Store(store)
     part = PartitionRef(str(s.partition_dir("g", result["partition"])), result["partition"], 40)
     nd = NodeDataRef(str(s.node_data_dir("g", result["node_data"])), result["node_data"], part)
-    ckpt = s.checkpoint_dir("g", checkpoint_key(nd, cfg.train))
+    ckpt = Path(checkpoints_for(nd, cfg.train, s).location)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from storage.locks import checkpoint_lock\n"
          "with checkpoint_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)", str(ckpt)],

@@ -136,15 +136,15 @@ def test_baseline_on_cora_matches_the_literature_mlp(tmp_path):
 def _train_and_check(tmp_path, name: str, *overrides: str):
     from tasks.evaluate.evaluate import evaluate_model
     from tasks.evaluate.health import check_run_health as check
-    from tasks.train.model import load_checkpoint
-    from tasks.train.loop import train_cluster_gcn
+    from tests.helpers import train as train_cluster_gcn
+    from tests.helpers import trained_record
 
     cfg, snap, features, nd = _real(tmp_path, name, *overrides)
     trained = train_cluster_gcn(nd, cfg)
     evaluation = evaluate_model(trained, nd, snap, Store(cfg.store), device=cfg.train.device, seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
     base = train_baseline(nd, cfg.baseline, trained.num_classes)
     y, split = np.load(f"{nd.path}/y.npy"), np.load(f"{nd.path}/split.npy")
-    history = load_checkpoint(f"{trained.checkpoint_dir}/model.pt")["history"]
+    history = trained_record(trained, cfg)["history"]
     health = check(history, chance=chance_level(y, split, trained.num_classes), val_acc=evaluation.metrics["val_acc"],
                    baseline_val_acc=base.val_acc, settings={**cfg.flat(), "normalize.method_used": features.method})
     return evaluation.metrics, base, health

@@ -92,12 +92,14 @@ def test_plain_checkpoint_makes_numpy_values_weights_only_loadable():
 
 
 def test_planted_store_checkpoint_is_refused_on_resume(prepared, tmp_path):
-    from tasks.train.loop import LAST, checkpoint_key, train_cluster_gcn
+    from storage.checkpoints import LAST
+    from tasks.train.steps import checkpoints_for
+    from tests.helpers import train as train_cluster_gcn
 
     cfg, nd = prepared
     cfg = load_config(None, [], base=cfg.model_dump(mode="json") | {"store": str(tmp_path / "store")})
     marker = tmp_path / "pwned"
-    ckpt = Store(cfg.store).checkpoint_dir("g", checkpoint_key(nd, cfg.train))
+    ckpt = checkpoints_for(nd, cfg.train, Store(cfg.store)).local_dir()
     plant(ckpt / LAST, marker)
     with pytest.raises(UnsafeFileError, match="refused to load this checkpoint"):
         train_cluster_gcn(nd, cfg)
@@ -106,12 +108,13 @@ def test_planted_store_checkpoint_is_refused_on_resume(prepared, tmp_path):
 
 def test_checkpoints_written_by_training_load_weights_only(prepared, tmp_path):
     """What training saves is plain data: it loads back with weights_only=True, and resumes."""
-    from tasks.train.loop import LAST, train_cluster_gcn
+    from storage.checkpoints import LAST, MODEL
+    from tests.helpers import train as train_cluster_gcn
 
     cfg, nd = prepared
     cfg = load_config(None, [], base=cfg.model_dump(mode="json") | {"store": str(tmp_path / "store")})
     result = train_cluster_gcn(nd, cfg)
-    for name in (MODEL_FILE, LAST):
+    for name in (MODEL, LAST):
         saved = torch.load(Path(result.checkpoint_dir) / name, weights_only=True)
         assert saved["spec"]["kind"] == "gcn" and len(saved["history"]) == 2
     assert train_cluster_gcn(nd, cfg).epochs_run == 2  # a complete run is reused from its checkpoint
@@ -123,7 +126,7 @@ def test_planted_champion_checkpoint_is_refused(prepared, tmp_path, monkeypatch)
     from mlflow.tracking import MlflowClient
 
     from tasks.track import tracking as track
-    from tasks.train.loop import train_cluster_gcn
+    from tests.helpers import train as train_cluster_gcn
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg, nd = prepared

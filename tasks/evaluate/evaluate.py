@@ -26,7 +26,7 @@ import pyarrow as pa
 import torch
 
 from storage.arrays import ClusterGraph, CSRRows, Mapping, release_pages, scratch_array
-from storage.checkpoints import checkpoints_at
+from storage.checkpoints import Checkpoints
 from storage.evaluation import read_metrics, write_evaluation
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TEST, read_node_ids
@@ -35,7 +35,7 @@ from tasks.train.batching import RowBlock, block_bounds, gcn_inverse_sqrt_degree
 from tasks.train.model import GNN, load_trained, resolve_device
 
 if TYPE_CHECKING:
-    from tasks.train.loop import TrainResult
+    from tasks.train.result import TrainResult
 
 log = logging.getLogger(__name__)
 PROGRESS = logging.getLogger("graphpipe.progress")
@@ -338,7 +338,7 @@ def evaluate_model(
     pred = np.empty(n, dtype=np.int32)
     confidence = np.empty(n, dtype=np.float32)
     sample_hidden: list[np.ndarray] = []
-    blocks = iter_full_graph(model.to(device), graph, device, scratch_dir=checkpoints_at(train_result.checkpoint_dir).local_dir(),
+    blocks = iter_full_graph(model.to(device), graph, device, scratch_dir=Checkpoints.at(train_result.checkpoint_dir).local_dir(),
                              progress=PROGRESS.isEnabledFor(logging.INFO))
     for blk in blocks:
         a, b = blk.start, blk.stop

@@ -37,7 +37,7 @@ from mlflow.types import Schema, TensorSpec
 from storage.arrays import ClusterGraph
 from storage.snapshot import read_feature_rows
 from storage.evaluation import read_confusion, read_embedding
-from storage.checkpoints import checkpoints_at
+from storage.checkpoints import Checkpoints
 from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store, output_at
 from tasks.train.batching import batch_subgraph
 from tasks.config import PipelineConfig, redact_uri
@@ -449,7 +449,7 @@ def _log_results(run: RunRef, config: PipelineConfig, *, snapshot: SnapshotRef, 
         for sub in ("plots", "stats"):
             client.log_artifacts(run.run_id, str(t / sub), sub)
         (t / "weights").mkdir()  # the store's model file (a local path or an object in a bucket)
-        (t / "weights" / MODEL_FILE).write_bytes(checkpoints_at(trained_dir).model_bytes())
+        (t / "weights" / MODEL_FILE).write_bytes(Checkpoints.at(trained_dir).model_bytes())
         client.log_artifact(run.run_id, str(t / "weights" / MODEL_FILE), WEIGHTS_DIR)
         client.log_artifact(run.run_id, str(t / "config.yaml"))
 

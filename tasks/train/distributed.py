@@ -208,6 +208,7 @@ def spawn_ranks(node_data: NodeDataRef, config: TrainConfig, ckpt: Checkpoints, 
                 p.terminate()
         for p in ctx.processes:
             p.join(30)
+        _drain(q, None, box)  # a rank's own error may still be in the queue
         if "error" in box:
             raise box["error"] from None
         raise
@@ -223,10 +224,14 @@ def _relay(ctx: Any, q: Any, on_epoch: OnEpoch | None, box: dict[str, Any]) -> N
         except queue_mod.Empty:
             pass
         done = ctx.join(timeout=0.01)
-    while True:  # what was sent just before the processes ended
+    _drain(q, on_epoch, box)  # what was sent just before the processes ended
+
+
+def _drain(q: Any, on_epoch: OnEpoch | None, box: dict[str, Any]) -> None:
+    while True:
         try:
             _handle(q.get(timeout=0.1), on_epoch, box)
-        except queue_mod.Empty:
+        except (queue_mod.Empty, EOFError, OSError):
             break
 
 

@@ -28,6 +28,7 @@ from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TRAIN
 from storage.store import NodeDataRef, Store, output_at
 from tasks.config import TrainConfig
+from tasks import progress
 from tasks.errors import InputError
 from tasks.evaluate.evaluate import predict_full_graph, split_metrics
 from tasks.train.batching import epoch_batches
@@ -36,7 +37,6 @@ from tasks.train.model import GNN, ModelSpec, load_checkpoint, plain_checkpoint,
 from tasks.train.result import TrainResult
 
 log = logging.getLogger(__name__)
-progress_log = logging.getLogger("graphpipe.progress")
 
 _NOT_IN_KEY = {"device", "prefetch", "resume", "loader_workers"}
 PROGRESS_SECONDS = 10.0
@@ -91,20 +91,21 @@ def train_epoch(
         optimizer: stepped once per batch with labeled training nodes.
         batches: the epoch's batches (:mod:`tasks.train.loaders`).
         device: where the model is.
-        label: prefix of the progress messages (``"epoch 3/100"``), logged every
-            ``PROGRESS_SECONDS`` on the ``graphpipe.progress`` logger.
+        label: prefix of the progress messages (``"epoch 3/100"``), reported every
+            ``PROGRESS_SECONDS`` as step ``train batches`` (:mod:`tasks.progress`; shown only when
+            progress is switched on).
         distributed: every rank steps on every batch, also one without labeled training nodes
             (a zero loss: the collective gradient average needs every rank), and the metrics are
             summed over the ranks.
     """
     model.train()
     sums = torch.zeros(3, dtype=torch.float64)  # loss * nodes, correct, nodes
-    t0 = last = time.perf_counter()
+    t0 = time.perf_counter()
+    ticker = progress.Ticker("train batches", len(batches.batches), seconds=PROGRESS_SECONDS)
     for i, batch in enumerate(batches):
-        if time.perf_counter() - last >= PROGRESS_SECONDS and progress_log.isEnabledFor(logging.INFO):
-            last = time.perf_counter()
-            progress_log.info("%s: batch %d/%d, %.0f s, loss %.4f", label, i, len(batches.batches), last - t0,
-                              float(sums[0] / max(float(sums[2]), 1.0)))
+        if i:
+            ticker.tick(i, "%s: batch %d/%d, %.0f s, loss %.4f", label, i, len(batches.batches),
+                        time.perf_counter() - t0, float(sums[0] / max(float(sums[2]), 1.0)))
         n = int(batch.train_mask.sum())
         if n == 0 and not distributed:
             continue
@@ -305,7 +306,8 @@ def _lead_epoch_end(t: Training, epoch: int, metrics: dict[str, float], on_epoch
     t.state["epoch"] = epoch
     t.state["history"].append({"epoch": epoch, **metrics})
     save_checkpoint(t)
-    progress_log.info("epoch %d/%d %s", epoch, t.config.epochs, {k: round(v, 4) for k, v in metrics.items()})
+    progress.report("train epochs", epoch, t.config.epochs, "epoch %d/%d %s", epoch, t.config.epochs,
+                    {k: round(v, 4) for k, v in metrics.items()})
     if on_epoch is not None:
         on_epoch(epoch, metrics)
 

@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from storage.arrays import ClusterGraph
-from storage.checkpoints import checkpoints_at
+from storage.checkpoints import Checkpoints
 from storage.atomic import read_json, write_bytes, write_json
 from storage.fingerprint import fingerprint_value
 from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store, output_at
@@ -120,7 +120,7 @@ def _test_accuracy(checkpoint_dir: str, node_data: NodeDataRef, num_classes: int
     model, _ = load_trained(checkpoint_dir)
     graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     dev = resolve_device(device)
-    pred = predict_full_graph(model.to(dev), graph, dev, scratch_dir=checkpoints_at(checkpoint_dir).local_dir())
+    pred = predict_full_graph(model.to(dev), graph, dev, scratch_dir=Checkpoints.at(checkpoint_dir).local_dir())
     sm = split_metrics(pred, np.asarray(graph.y), np.asarray(graph.split), num_classes)
     graph.release()
     return sm.flat()
