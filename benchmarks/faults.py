@@ -253,7 +253,7 @@ def kill_points(store: Path) -> list[tuple[str, Callable[[Run], str | None]]]:
         return None
 
     def evaluating(run: Run) -> str | None:
-        if list((g / "checkpoints").glob("*/.evaluation.tmp-*")):
+        if list((g / "evaluation").glob(".*.tmp-*")):
             return "evaluation/ temporary directory present"
         return "train task finished, evaluate task started" if "Task run 'train-" in run.text() and \
             "Finished in state Completed()" in run.text().split("Task run 'train-")[-1] else None

@@ -1,6 +1,6 @@
 """``graphpipe verify``: check every published output of a graph against its manifest.
 
-Each output directory (snapshots, normalized features, partitions, node data) records at publish
+Each stage output (snapshots, normalized features, partitions, node data, evaluations) records at publish
 time each file's size and checksum in its ``manifest.json``. Reads check the sizes (cheap, every
 time); this checks every byte. A damaged output is reported with the reason; with ``repair`` it is
 also discarded, so the next run rebuilds it (a damaged current snapshot then needs ``graphpipe
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.atomic import read_json
+from storage.outputs import KINDS as OUTPUT_KINDS
 from storage.store import Store, discard, verify_directory
 
-KINDS = ("snapshots", "features", "partitions", "node_data")
+KINDS = tuple(OUTPUT_KINDS.values())  # the folders of the stage outputs
 
 
 @dataclass(frozen=True)

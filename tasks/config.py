@@ -260,7 +260,7 @@ class PipelineConfig(_Section):
     track: TrackConfig = Field(default_factory=TrackConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
-    progress: bool = False
+    progress: bool = False  # show the stages' progress (the graphpipe.progress logger); --progress wins
     # how long a run waits for another run of the same graph to release the store's lock
     lock_timeout_seconds: float = Field(default=600.0, ge=0)
     # a remote store's local cache (storage.cache): None = $GRAPHPIPE_CACHE_DIR, else ~/.cache/graphpipe

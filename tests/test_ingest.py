@@ -432,8 +432,8 @@ def test_failed_ingest_leaves_previous_snapshot_and_current(tmp_path, monkeypatc
     assert _store_state(tmp_path) == before
 
     write(edges, rows_text(",") + "10,30\n")  # valid, but writing fails half-way
-    def broken(directory, tables):
-        (Path(directory) / "edges.parquet").write_bytes(b"partial")
+    def broken(writer, tables):
+        (writer.dir / "edges.parquet").write_bytes(b"partial")
         raise OSError("disk full")
     monkeypatch.setattr(ingest_module, "write_snapshot", broken)
     with pytest.raises(OSError, match="disk full"):

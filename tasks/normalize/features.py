@@ -140,7 +140,7 @@ def fit_stats(x: Features, method: str, train_rows: np.ndarray) -> Normalization
 def apply_stats(x: Features, stats: NormalizationStats) -> np.ndarray:
     """Apply saved statistics to rows of features; returns dense float32."""
     if stats.structural:
-        raise ValueError("a structural encoding describes the graph it was computed on; use its stored rows (x.npy)")
+        raise ValueError("a structural encoding describes the graph it was computed on; use its stored rows (the features output)")
     if stats.featureless:  # the constant feature
         return np.ones((x.shape[0], 1), dtype=np.float32)
     if x.shape[1] != stats.num_features:
