@@ -213,6 +213,27 @@ def test_verify_checks_every_byte_in_the_bucket(store, capsys):
     assert bad.damage() == "missing" and good.exists()
 
 
+def test_checkpoints_resume_on_another_machine_from_the_bucket(store, tmp_path):
+    import torch
+
+    from storage.checkpoints import Checkpoints, find_result
+
+    ckpt = Checkpoints(store, "g", "k1")
+    w = torch.arange(6, dtype=torch.float32)
+    ckpt.save_last({"epoch": 3, "model": {"w": w}})
+    ckpt.save_model({"spec": {"kind": "gcn"}, "state_dict": {"w": w}, "history": [{"epoch": 1}]})
+    ckpt.save_result("run1", {"key": "k1"})
+    assert ckpt.location == f"{store.uri}/graphs/g/checkpoints/k1"
+    # another machine: only the URI in common (its own cache and work directory)
+    there = Checkpoints.at(ckpt.location)
+    assert there.store.uri == store.uri and (there.graph, there.key) == ("g", "k1")
+    there = Checkpoints(Store(store.uri, cache_dir=tmp_path / "gpu-node"), "g", "k1")
+    assert there.last()["epoch"] == 3
+    torch.testing.assert_close(there.model()["state_dict"]["w"], w)
+    assert find_result(there.store, "g", "run1") == {"key": "k1"}
+    assert str(there.local_dir()).startswith(str(tmp_path / "gpu-node"))  # scratch is local
+
+
 # -- the local cache --------------------------------------------------------------------------------
 def test_cache_refetches_a_damaged_entry(store, tmp_path):
     out, x = _publish(store)
