@@ -426,10 +426,12 @@ def generated_input(workdir: Path, num_nodes: int, avg_degree: float, num_featur
     done = out / "DONE"
     cfg = GeneratorConfig(num_nodes=num_nodes, avg_degree=avg_degree, num_features=num_features,
                           edge_format=fmt, seed=seed)
-    if not done.exists():
+    settings = cfg.model_dump(mode="json")
+    # the key names only the sizes: a graph made with other generator defaults is made again
+    if not done.exists() or json.loads(done.read_text()).get("config") != settings:
         t0 = time.perf_counter()
         g = generate_graph(cfg, out)
-        done.write_text(json.dumps({"edges": g.num_edges, "seconds": g.seconds}))
+        done.write_text(json.dumps({"edges": g.num_edges, "seconds": g.seconds, "config": settings}))
         log(f"generated {key}: {g.num_edges:,} edge rows in {time.perf_counter() - t0:.1f} s")
     return out / cfg.edge_file_name, out / "nodes.parquet"
 
@@ -490,13 +492,8 @@ def prepared(workdir: Path, num_nodes: int, avg_degree: float, num_features: int
 
 
 def node_data_ref(refs: dict[str, Any]):
+    """The node data reference in the refs of :func:`prepared` (a JSON-able dict, as children get it)."""
     from storage.store import NodeDataRef, PartitionRef
 
     nd = refs["node_data"]
     return NodeDataRef(path=nd["path"], fingerprint=nd["fingerprint"], partition=PartitionRef(**nd["partition"]))
-
-
-def snapshot_ref(refs: dict[str, Any]):
-    from storage.store import SnapshotRef
-
-    return SnapshotRef(**refs["snapshot"])

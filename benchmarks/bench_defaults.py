@@ -48,7 +48,9 @@ GENERATED = {
     "gen_heterophilous": {"p_intra": 0.1, "feature_signal": 1.75},
     "gen_weak_features": {"p_intra": 0.5, "feature_signal": 0.75},
 }
-GEN_COMMON = {"num_nodes": 8000, "avg_degree": 10.0, "num_classes": 8, "num_features": 64, "seed": 0}
+# degree_exponent and label_noise pinned to the generator's defaults when docs/defaults.md was measured
+GEN_COMMON = {"num_nodes": 8000, "avg_degree": 10.0, "num_classes": 8, "num_features": 64, "seed": 0,
+              "degree_exponent": 2.5, "label_noise": 0.05}
 GRAPHS = REAL + tuple(GENERATED)
 BUDGET = {"train.epochs": 300, "train.patience": 50}
 

@@ -95,11 +95,6 @@ def side_graphpipe(p: dict) -> dict:
     from tasks.config import PipelineConfig
     from tasks.ingest.snapshot import ingest_counts, ingest_graph
 
-    if p.get("proposed"):  # benchmark-only prototypes of the proposed fixes (benchmarks/_proposed_ingest.py)
-        from _proposed_ingest import install_ingest_proposals
-
-        install_ingest_proposals()
-
     store = Path(tempfile.mkdtemp(dir=p["scratch"]))
     try:
         cfg = PipelineConfig.model_validate({"store": str(store), "data": {"name": "bench", "edges": [p["path"]]}})
@@ -132,8 +127,7 @@ def _print_profile(prof) -> None:
         B.log("prof " + line)
 
 
-SIDES = {"floor": side_floor, "graphpipe": side_graphpipe,
-         "proposed": lambda p: side_graphpipe({**p, "proposed": True})}
+SIDES = {"floor": side_floor, "graphpipe": side_graphpipe}
 
 
 def child(side: str, params: str) -> None:
@@ -149,8 +143,6 @@ def main() -> None:
     ap.add_argument("--edges", type=int, default=None, help="edge rows in the CSV (default 50,000,000)")
     ap.add_argument("--nodes", type=int, default=None, help="distinct node ids (default edges / 10)")
     ap.add_argument("--profile", action="store_true", help="cProfile graphpipe's side (top 25 by own time)")
-    ap.add_argument("--proposed", action="store_true",
-                    help="also run graphpipe with the proposed fixes (benchmarks/_proposed_ingest.py)")
     args = ap.parse_args()
     if args.side:
         return child(args.side, args.params)
@@ -167,7 +159,7 @@ def main() -> None:
     with open(path, "rb") as f:
         while f.read(64 << 20):
             pass
-    names = ["floor", "graphpipe"] + (["proposed"] if args.proposed else [])
+    names = ["floor", "graphpipe"]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for i, side in enumerate(B.alternate(names, repeats)):
         r = B.run_side(__file__, side, {**params, "profile": args.profile and side != "floor"})
@@ -188,11 +180,6 @@ def main() -> None:
            f"{B.fmt_s(best['graphpipe']['seconds'])} / {B.fmt_s(med['graphpipe'])}",
            f"{ratio:.2f}x ({target})", B.fmt_mb(rss["floor"]), B.fmt_mb(rss["graphpipe"]),
            f"floor: read {best['floor']['read_s']:.2f} s + write {best['floor']['write_s']:.2f} s"]
-    if args.proposed:
-        pr = best["proposed"]
-        header.append("graphpipe + proposed fixes: s (best/median), ratio, peak RSS")
-        row.append(f"{B.fmt_s(pr['seconds'])} / {B.fmt_s(med['proposed'])}, {pr['seconds'] / best['floor']['seconds']:.2f}x, "
-                   f"{B.fmt_mb(rss['proposed'])}")
     B.say(B.table(header, [row]))
     if args.record:
         B.record("ingest", "bench_ingest: ingest vs read_csv + write_table", header, [row])

@@ -2,7 +2,7 @@
 
 Input: a generated community graph (``tasks.synthetic.generate``: ``--nodes`` default 1M, ``--avg-degree``
 default 16, 64 features), ingested once into the work directory's store; its symmetric CSR (int64,
-METIS' own index type, built with ``tasks.partition.partition.build_csr``) saved once as ``.npy``.
+METIS' own index type, built with ``tasks.partition.csr.build_csr``) saved once as ``.npy``.
 
 Sides, each in its own process:
 

@@ -59,9 +59,9 @@ def run_one(name: str, edges: Path, nodes: Path, store: Path, encoding: str, see
     from tasks.evaluate.evaluate import evaluate_model
     from tasks.ingest.snapshot import ingest_graph
     from tasks.normalize.features import load_stats, normalize_features
+    from storage.store import Store
     from tasks.partition.layout import layout_node_data
     from tasks.partition.partition import partition_graph
-    from storage.store import Store
     from tasks.train.loop import train_cluster_gcn
 
     method, _, k = encoding.partition(":")

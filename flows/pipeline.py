@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from flows import quiet_errors, stages
 from flows.startup import apply_startup_limit
 from storage.evaluation import predictions_location
-from storage.store import NodeDataRef, PartitionRef, Store, store_for
+from storage.store import NodeDataRef, PartitionRef, Store, output_at, store_for
 from tasks.config import PipelineConfig, load_config, redact_uri
 from tasks.tune.tuned import apply_tuned, tuned_config_path
 
@@ -79,9 +79,9 @@ def _train_and_track(cfg: PipelineConfig, store: Store, snapshot, train_on: str 
     try:
         init_from = stages.champion_weights(cfg) if cfg.train.warm_start else None
         if train_on:
-            trained = stages.train_on_deployment(train_on, node_data, cfg, run, init_from)
+            trained = stages.train_on_deployment(train_on, node_data, cfg, run, init_from, store=store)
         else:
-            trained = stages.train(node_data, cfg, run, init_from)
+            trained = stages.train(node_data, cfg, run, init_from, store=store)
         evaluation = stages.evaluate(trained, node_data, snapshot, store, device=cfg.train.device,
                                      seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes)
         base = quality.baseline(node_data, cfg, trained.num_classes, run)
@@ -97,7 +97,7 @@ def _train_and_track(cfg: PipelineConfig, store: Store, snapshot, train_on: str 
         "snapshot": snapshot.path,
         "partition": partition.path,
         "metrics": evaluation.metrics,
-        "predictions": predictions_location(store.open(evaluation.path)),
+        "predictions": predictions_location(output_at(evaluation.path)),
         "mlflow": {
             "tracking_uri": redact_uri(run.tracking_uri),
             "experiment_id": run.experiment_id,

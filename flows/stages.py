@@ -21,7 +21,6 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
-from storage.atomic import read_json, write_json
 from storage.store import EvaluationRef, FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store, output_at
 from tasks.config import DataConfig, NormalizeConfig, PartitionConfig, PipelineConfig, SplitConfig
 from tasks.errors import InputError
@@ -35,7 +34,7 @@ if TYPE_CHECKING:  # torch, PyG, MLflow: imported by the tasks that need them (`
     from tasks.train.result import TrainResult
 
 LIBRARY_LOGGERS = ("tasks", "storage")
-PROGRESS_LOGGER = "graphpipe.progress"
+PROGRESS_LOGGER = "graphpipe.progress"  # tasks.progress.LOGGER_NAME
 
 
 def forward_library_logs() -> None:
@@ -56,8 +55,12 @@ def show_progress(enabled: bool) -> None:
     """The one switch for progress messages: the stages log them at INFO on ``graphpipe.progress``
     (rows ingested, METIS' elapsed time, batches within an epoch, inference blocks); this shows
     them (``enabled``) or hides them. The flows call it with the resolved config's ``progress``,
-    which the command line's ``--progress`` sets last (flag > config > off)."""
-    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO if enabled else logging.WARNING)
+    which the command line's ``--progress`` sets last (flag > config > off). Whether shown or not,
+    the records also feed Prefect progress artifacts and, in a terminal, a progress bar
+    (:mod:`flows.progress`)."""
+    from flows import progress as progress_display
+
+    progress_display.install(show_lines=enabled)
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:
@@ -171,10 +174,12 @@ def check_tracking(config: PipelineConfig) -> None:
 
 
 @task(name="train", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
-def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef, init_from: str | None = None) -> TrainResult:
+def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef, init_from: str | None = None,
+          store: Store | None = None) -> TrainResult:
     """Cluster-GCN training, per-epoch metrics to MLflow; a retry resumes from the checkpoint.
     The result is also handed off through the store (:meth:`storage.checkpoints.Checkpoints.save_result`)
-    for a parent flow run that started this one on a deployment."""
+    for a parent flow run that started this one on a deployment. ``store``: the flow's one
+    :class:`Store` (default ``Store(config.store)``)."""
     from storage.checkpoints import Checkpoints
     from tasks.track import tracking as track_mod
     from tasks.train.loop import train_cluster_gcn
@@ -187,7 +192,7 @@ def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef,
         if "val_acc" in metrics and (epoch % 10 == 0 or epoch == config.train.epochs):
             logger.info("epoch %d: loss %.4f, train_acc %.4f, val_acc %.4f", epoch, metrics["loss"], metrics["train_acc"], metrics["val_acc"])
 
-    store = Store(config.store)
+    store = store if store is not None else Store(config.store)
     try:
         result = train_cluster_gcn(node_data, config.train, store, num_classes=config.data.num_classes,
                                    lock_timeout=config.lock_timeout_seconds, on_epoch=on_epoch, init_from=init_from)
@@ -208,7 +213,8 @@ def train(node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef,
 
 
 def train_on_deployment(
-    deployment: str, node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef, init_from: str | None = None
+    deployment: str, node_data: NodeDataRef, config: PipelineConfig, run: track_mod.RunRef, init_from: str | None = None,
+    store: Store | None = None,
 ) -> TrainResult:
     """Run training as a flow run of ``deployment`` (e.g. on a GPU work pool) and wait for it.
 
@@ -232,10 +238,11 @@ def train_on_deployment(
     if state is None or not state.is_completed():
         name = state.name if state else "unknown"
         raise RuntimeError(f"training flow run {child.name} on {deployment} ended {name}: {state.message if state else ''}")
-    found = find_result(Store(config.store), config.data.name, run.run_id)
+    store = store if store is not None else Store(config.store)
+    found = find_result(store, config.data.name, run.run_id)
     if found is None:
         raise RuntimeError(f"training flow run {child.name} on {deployment} completed but left no result for MLflow run "
-                           f"{run.run_id} in the store {Store(config.store).uri}")
+                           f"{run.run_id} in the store {store.uri}")
     return TrainResult(**found)
 
 

@@ -313,7 +313,7 @@ def _read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int]]
     if not p.is_file():
         raise InputError(f"{p}: config file not found")
     if p.suffix.lower() not in (".toml", ".yaml", ".yml", ".json"):
-        raise InputError(f"{p}: config must be .yaml, .yml, .toml or .json")
+        raise InputError(f"{p}: config must be a .yaml, .yml, .toml or .json file")
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:

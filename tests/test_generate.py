@@ -143,7 +143,7 @@ def test_ids_do_not_line_up_with_communities(graph20k):
     shares = np.bincount(y, minlength=10) / n
     adjacent_same = np.mean(y[1:] == y[:-1])
     assert adjacent_same == pytest.approx(np.sum(shares**2), abs=0.02)
-    assert np.mean(y[src] == y[dst]) > 0.45  # about p_intra + (1 - p_intra) / C = 0.55 at the defaults, vs ~0.1 at random
+    assert np.mean(y[src] == y[dst]) > 0.7  # about p_intra + (1 - p_intra) / C = 0.91 before label noise, ~0.83 after, vs ~0.1 at random
     # Edges are not local in id space: with random ids P(|src - dst| < N/100) is about 2/100; were
     # communities (~1000 nodes) contiguous id ranges, most intra-community edges would be that close.
     assert np.mean(np.abs(src - dst) < n // 100) < 0.03
@@ -214,7 +214,7 @@ def test_every_format_holds_the_same_edges_and_is_read_by_pyarrow(tmp_path):
 
 
 def test_every_format_is_read_by_the_ingest_reader(tmp_path):
-    from tasks.ingest.readers import edge_format, read_edge_file
+    from tasks.ingest.edges import edge_format, read_edge_file
 
     reference = None
     for fmt in FORMATS:
@@ -341,6 +341,28 @@ def test_config_defaults_and_validation():
     ):
         with pytest.raises(InputError):
             GeneratorConfig(**bad)
+
+
+def test_defaults_are_the_calibrated_ones_and_errors_are_one_line():
+    # docs/generator.md, "Calibration": edge-cut, degree tail and homophily of real graphs
+    c = GeneratorConfig()
+    assert (c.p_intra, c.degree_exponent, c.label_noise) == (0.9, 3.0, 0.05)
+    with pytest.raises(InputError) as err:
+        GeneratorConfig(p_intra=1.5, seed=-1)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("generator: ")
+    assert "p_intra=1.5: Input should be less than or equal to 1" in message and "seed=-1" in message
+    with pytest.raises(InputError, match=r"^generator: num_nodes=True: expected an integer, not a boolean$"):
+        GeneratorConfig(num_nodes=True)
+    with pytest.raises(InputError, match=r"^generator: colour='red': Extra inputs are not permitted$"):
+        GeneratorConfig(colour="red")
+    with pytest.raises(InputError, match=r"train \+ val <= 1"):
+        GeneratorConfig(split=(0.9, 0.2))
+    # integral numbers are integers (numpy's too), lists become tuples; the config is frozen and hashable
+    assert GeneratorConfig(num_nodes=np.int64(300), split=[0.5, 0.25]) == GeneratorConfig(num_nodes=300.0, split=(0.5, 0.25))
+    with pytest.raises(Exception):
+        c.num_nodes = 10
+    assert len({GeneratorConfig(), GeneratorConfig()}) == 1
 
 
 def test_cli_flags_map_onto_the_config():

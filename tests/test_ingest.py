@@ -17,7 +17,7 @@ import pytest
 import scipy.sparse as sp
 
 import tasks.ingest.snapshot as ingest_module
-import tasks.ingest.readers as readers
+import tasks.ingest.files as input_files
 from storage.snapshot import SPLIT_NONE, SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, read_edges, read_features, read_node_ids, read_nodes
 from storage.store import Store, is_complete, read_manifest
 from tasks.config import PipelineConfig
@@ -195,7 +195,7 @@ def test_every_format_gives_the_same_snapshot(tmp_path, fmt):
 
 @pytest.mark.parametrize("fmt", ["csv", "whitespace_txt_gz"])
 def test_small_blocks_give_the_same_snapshot(tmp_path, fmt, monkeypatch):
-    monkeypatch.setattr(readers, "BLOCK_SIZE", 24)
+    monkeypatch.setattr(input_files, "BLOCK_SIZE", 24)
     g = ingest(tmp_path, edges=[FORMATS[fmt](tmp_path)])
     assert g.edges == EXPECTED_EDGES and g.counts["edge_rows_total"] == 6
 
@@ -224,7 +224,7 @@ def test_multiple_edge_files_are_concatenated(tmp_path):
 
 
 def test_non_integer_edge_id_in_a_later_csv_block(tmp_path, monkeypatch):
-    monkeypatch.setattr(readers, "BLOCK_SIZE", 16)  # the first blocks hold integers only
+    monkeypatch.setattr(input_files, "BLOCK_SIZE", 16)  # the first blocks hold integers only
     edges = write(tmp_path / "e.csv", "src,dst\n1,2\n2,3\n3,1\n1,2\n2,3\n3,x\n")
     msg = error(tmp_path, edges=[edges])
     assert msg.startswith(f"{edges}: row 6: node id 'x' in column 'dst' is not an integer, but 5 of 6 ids in the column are")

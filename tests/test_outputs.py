@@ -156,3 +156,14 @@ def test_a_damaged_output_is_rebuilt(pipeline, kind, damage, caplog):
     assert "damaged or incomplete" in caplog.text and str(out.path) in caplog.text
     assert not [p for p in out.path.parent.iterdir() if p.name.startswith(".")]  # the damaged copy is gone
     assert _run(kind, cfg, store, refs).reused  # and the next run reuses it
+
+
+def test_a_stage_reads_its_inputs_where_their_references_point(pipeline, tmp_path):
+    """A partition of one store's snapshot published into another store (as the partition
+    benchmark does): the input is read through its reference, the output lands in the given store."""
+    cfg, store, refs = pipeline
+    other = Store(tmp_path / "other")
+    ref = partition_graph(refs["snapshot"], cfg.partition, other)
+    assert not ref.reused and ref.fingerprint == refs["partition"].fingerprint
+    assert other.open(ref.path).exists() and Path(ref.path).is_relative_to(other.root)
+    assert _contents(Path(ref.path)) == _contents(Path(refs["partition"].path))

@@ -12,7 +12,8 @@ from tasks.ingest.snapshot import ingest_graph
 from tasks.normalize.features import normalize_features
 from tasks.partition.layout import layout_node_data
 from tasks.partition.partition import partition_graph
-from tasks.tune.study import BEST_JSON, read_best, tune_graph
+from storage.tuned import tuned_files
+from tasks.tune.study import read_best, tune_graph
 from tasks.tune.tuned import apply_tuned, tuned_config_path
 from storage.store import Store
 
@@ -70,7 +71,7 @@ def test_small_tune_logs_child_runs_prunes_and_saves_the_best_config(graph_files
     assert best["train"]["lr"] == pytest.approx(result.best_params["train.lr"])
     assert best["normalize"]["method"] == result.best_params["normalize.method"]
     assert read_best(cfg)["val_acc"] == pytest.approx(result.best_val_acc)
-    assert (Path(result.best_yaml).parent / BEST_JSON).is_file()
+    assert tuned_files(Store(cfg.store), cfg.data.name).scores.is_file()
     # the saved file is a valid config file
     assert load_config(result.best_yaml).train.hidden == result.best_params["train.hidden"]
     # a rerun with the same total resumes the study: nothing more to do

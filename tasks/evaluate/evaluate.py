@@ -316,7 +316,7 @@ def evaluate_model(
         train_result: the finished training (its checkpoint).
         node_data: the node data it was trained on (scored in full).
         snapshot: the snapshot, for the user's node ids.
-        store: the store holding the inputs and receiving the output.
+        store: the store receiving the output (inputs are read where their references point).
         device: ``train.device`` (``auto``, ``cpu``, ``cuda``).
         seed: seeds the node sample of the embedding plot (``train.seed``).
         embedding_nodes: the sample's size (``track.embedding_plot_nodes``).
@@ -358,7 +358,7 @@ def evaluate_model(
     order[perm] = np.arange(n)
     graph.release()
     predictions = pa.table({
-        "node_id": read_node_ids(store.open(snapshot.path)),
+        "node_id": read_node_ids(output_at(snapshot.path)),
         "prediction": pa.array(pred[order]),
         "confidence": pa.array(confidence[order]),
         "label": pa.array(y[order].astype(np.int32)),

@@ -6,7 +6,7 @@ self-loops or duplicates. Labels, the split (given, or generated from the ``spli
 features are validated before anything is written, so bad input never publishes a snapshot and
 never moves ``CURRENT.json``. The snapshot directory is keyed by a fingerprint of the input files'
 content and the ``data`` and ``split`` settings: ingesting the same input twice is a cache hit.
-See :mod:`tasks.ingest.readers` for the accepted file formats and :mod:`storage.snapshot` for the output.
+See :mod:`tasks.ingest.edges`, :mod:`tasks.ingest.nodes` and :mod:`tasks.ingest.features` for the accepted file formats and :mod:`storage.snapshot` for the output.
 """
 
 from __future__ import annotations
@@ -26,23 +26,11 @@ from storage.snapshot import Features, GraphTables, id_dtype, write_snapshot
 from storage.store import FORMAT_VERSION, SnapshotRef, Store, output_at
 from tasks.config import DataConfig, SplitConfig
 from tasks.errors import InputError
-from tasks.ingest.readers import (
-    MASK_COLUMNS,
-    check_edge_file,
-    check_feature_file,
-    check_finite,
-    first_true,
-    column_features,
-    edge_format,
-    feature_columns_auto,
-    file_exists,
-    id_column_of,
-    load_feature_file,
-    node_table_schema,
-    normalize_ids,
-    read_edge_file,
-    read_node_table,
-)
+from tasks.ingest.edges import check_edge_file, edge_format, read_edge_file
+from tasks.ingest.features import check_feature_file, check_finite, column_features, feature_columns_auto, load_feature_file
+from tasks.ingest.files import file_exists, first_true
+from tasks.ingest.ids import normalize_ids
+from tasks.ingest.nodes import MASK_COLUMNS, id_column_of, node_table_schema, read_node_table
 from tasks.ingest.splits import (
     Labels,
     generate_split,

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 from storage.snapshot import SPLIT_NAMES, SPLIT_NONE, SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
 from tasks.config import SplitConfig
 from tasks.errors import InputError
-from tasks.ingest.readers import MASK_COLUMNS, first_true
+from tasks.ingest.files import first_true
+from tasks.ingest.nodes import MASK_COLUMNS
 
 SPLIT_VALUES = ("train", "val", "test")  # codes SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST
 

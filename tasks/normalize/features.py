@@ -201,7 +201,7 @@ def normalize_features(snapshot: SnapshotRef, config: NormalizeConfig, store: St
     Args:
         snapshot: the ingested snapshot.
         config: the ``normalize`` section (method, structural encoding, sparse threshold).
-        store: the store holding the snapshot and receiving the features.
+        store: the store receiving the features (the snapshot is read where its reference points).
 
     Returns the :class:`FeaturesRef` (``reused=True`` when a complete output already existed; a
     damaged one is logged and rebuilt). Raises InputError for settings that do not fit the graph
@@ -213,7 +213,7 @@ def normalize_features(snapshot: SnapshotRef, config: NormalizeConfig, store: St
         method = out.json(STATS)["method"]
         log.info("normalize: cache hit %s (%s)", out.location, method)
         return FeaturesRef(path=out.location, fingerprint=fp, method=method, reused=True)
-    source = store.open(snapshot.path)
+    source = output_at(snapshot.path)  # the input: wherever its reference says it is
     x = read_features(source)
     labels, split = read_nodes(source)
     stats, encoded = _fit(x, split, source, config)

@@ -45,7 +45,7 @@ def layout_node_data(partition: PartitionRef, snapshot: SnapshotRef, features: F
         partition: the partition whose order (``perm``) to follow.
         snapshot: the snapshot the partition and the features were made from (labels, split).
         features: the normalized features (dense or sparse; a sparse standardization's shift is kept).
-        store: the store holding the inputs and receiving the ``node_data`` output.
+        store: the store receiving the ``node_data`` output (inputs are read where their references point).
 
     Returns the :class:`NodeDataRef` (``reused=True`` when a complete output already existed; a
     damaged one is logged and rebuilt). Raises InputError when the inputs' node counts differ.
@@ -57,11 +57,11 @@ def layout_node_data(partition: PartitionRef, snapshot: SnapshotRef, features: F
         log.info("node data %s: cache hit (%s)", fp, out.location)
         return replace(ref, reused=True)
     start = time.perf_counter()
-    feats = store.open(features.path)
-    perm = open_array(store.open(partition.path), "perm", mmap=False)
+    feats = output_at(features.path)
+    perm = open_array(output_at(partition.path), "perm", mmap=False)
     sparse = has_sparse_x(feats)
     x = open_csr(feats) if sparse else open_array(feats, "x")
-    labels, split = read_nodes(store.open(snapshot.path))
+    labels, split = read_nodes(output_at(snapshot.path))
     n = len(perm)
     if x.ndim != 2 or x.shape[0] != n or len(labels) != n:
         raise InputError(

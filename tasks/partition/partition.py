@@ -28,7 +28,7 @@ import pyarrow as pa
 from storage.arrays import array_path, write_arrays
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import EDGES, NODES, read_edges, read_nodes
-from storage.store import PartitionRef, SnapshotRef, Store
+from storage.store import PartitionRef, SnapshotRef, Store, output_at
 from tasks.config import PartitionConfig
 from tasks.errors import InputError
 from tasks.partition.csr import build_csr, node_index_dtype, permute_csr
@@ -92,14 +92,14 @@ def partition_graph(snapshot: SnapshotRef, config: PartitionConfig, store: Store
     Args:
         snapshot: the ingested snapshot.
         config: the ``partition`` section (number of parts or target cluster size, seed).
-        store: the store holding the snapshot and receiving the ``partition`` output.
+        store: the store receiving the ``partition`` output (the snapshot is read where its reference points).
 
     Returns the :class:`PartitionRef` (``reused=True`` when a complete output already existed; a
     damaged one is logged and rebuilt). Progress (METIS' elapsed time, the steps) is logged at
     INFO on ``graphpipe.progress``. Raises InputError for a number of parts that does not fit
     the graph, or edges outside the snapshot's node count; nothing is published on an error.
     """
-    source = store.open(snapshot.path)
+    source = output_at(snapshot.path)  # the input: wherever its reference says it is
     num_nodes = _snapshot_num_nodes(source)
     num_parts = resolve_num_parts(num_nodes, config, where=snapshot.path)
     fp = partition_fingerprint(snapshot, num_parts, config.seed)
