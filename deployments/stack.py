@@ -111,10 +111,11 @@ class LocalStack:
         return {}
 
     # -- processes ------------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str], cwd: Path | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], cwd: Path | None = None,
+               env: dict[str, str] | None = None) -> subprocess.Popen:
         with open(self.root / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
-                args, cwd=cwd or self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                args, cwd=cwd or self.root, env={**self.env(), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.pids[name] = proc.pid
@@ -202,11 +203,14 @@ class LocalStack:
         return [a["name"] for a in missing]
 
     def start_workers(self, pools: tuple[str, ...] = ("cpu", "gpu")) -> None:
+        """One process worker per pool, each in its own directory with its own cache of a remote
+        store's outputs (``worker-<pool>/cache``, ``$GRAPHPIPE_CACHE_DIR``), as on separate machines."""
         for pool in pools:
             cwd = self.root / f"worker-{pool}"
             cwd.mkdir(parents=True, exist_ok=True)
             self._spawn(f"worker-{pool}", [str(BIN / "prefect"), "worker", "start", "--pool", pool,
-                                           "--name", f"{pool}-worker", "--type", "process"], cwd=cwd)
+                                           "--name", f"{pool}-worker", "--type", "process"], cwd=cwd,
+                        env={"GRAPHPIPE_CACHE_DIR": str(cwd / "cache")})
 
     def up(self) -> None:
         self.start_servers()

@@ -429,3 +429,38 @@ def test_cora_pipeline_on_s3_reuses_from_the_bucket(prefect_harness, s3_env, tmp
     filled = {p.parent.parent.name for p in (tmp_path / "cache-b" / "outputs").glob("*/*/.filled")}
     assert {"features", "partition", "node_data"} <= filled, filled
     assert third["metrics"]["test_acc"] >= 0.79
+
+
+# -- the deployment with workers that share only the bucket ---------------------------------------
+@pytest.mark.slow
+def test_deployment_workers_share_only_the_bucket(s3_env, tmp_path):
+    """The nightly deployment end to end (Prefect and MLflow servers, a `cpu` and a `gpu` process
+    worker in separate directories with separate caches); the store is the bucket, the only thing
+    the two workers share besides the Prefect and MLflow APIs."""
+    from deployments.stack import LocalStack, free_port
+    from tests.conftest import dataset
+
+    stack = LocalStack(tmp_path / "stack", free_port(), free_port())
+    uri = f"s3://{s3_env}/nightly"
+    d = dataset("cora")
+    try:
+        stack.start_servers()
+        stack.create_pools()
+        stack.deploy()
+        stack.start_workers()
+        config = {"store": uri, "data": {"name": "cora", "edges": [str(d / "edges.csv")], "nodes": str(d / "nodes.parquet")},
+                  "track": {"experiment": "e2e-s3"}}
+        flow_run_id = stack.run_deployment("graph-pipeline/nightly", config=config, overrides={"train.epochs": 10})
+        run = stack.wait_flow_run(flow_run_id, 1200)
+    finally:
+        stack.stop()
+    assert run["state_type"] == "COMPLETED", run["state"]
+    store = Store(uri)
+    files = sfs.list_sizes(store.location.fs, store.remote_path("graphs", "cora"), recursive=True)
+    assert any(f.startswith("checkpoints/") and f.endswith("/model.pt") for f in files)  # written by the gpu worker
+    assert any(f.startswith("evaluation/") and f.endswith("/manifest.json") for f in files)  # by the cpu worker
+    # each worker read what it needed from the bucket into its own cache
+    for pool in ("cpu", "gpu"):
+        cache = stack.root / f"worker-{pool}" / "cache" / "outputs"
+        kinds = {p.parent.parent.name for p in cache.glob("*/*/.filled")}
+        assert {"partition", "node_data"} <= kinds, (pool, kinds)
