@@ -27,7 +27,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from storage.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -37,6 +36,8 @@ RESULT_MARK = "@@RESULT "
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from storage.store import Store  # noqa: E402  (after the line above: this checkout's packages, not an installed copy)
 
 
 # -- measuring -------------------------------------------------------------------------------------

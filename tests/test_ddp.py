@@ -131,7 +131,7 @@ def test_two_ranks_resume_after_a_kill_and_match_an_uninterrupted_run(small, tmp
     assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-6)
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
-    assert full.world_size == 2 and full.best_val_acc > 0.4  # 4 classes: chance is 0.25
+    assert full.world_size == 2 and full.best_val_acc > 0.3  # 4 classes: chance is 0.25; 4 epochs only
 
 
 def test_a_rank_error_reaches_the_caller_with_its_type(tmp_path):

@@ -45,6 +45,8 @@ class EpochBatches(Protocol):
 
     def __iter__(self) -> Iterator[Batch]: ...
 
+    def __len__(self) -> int: ...
+
 
 class BatchLoader(Protocol):
     """Makes each epoch's :class:`EpochBatches`; :meth:`close` releases threads or processes."""

@@ -101,10 +101,11 @@ def train_epoch(
     model.train()
     sums = torch.zeros(3, dtype=torch.float64)  # loss * nodes, correct, nodes
     t0 = time.perf_counter()
-    ticker = progress.Ticker("train batches", len(batches.batches), seconds=PROGRESS_SECONDS)
+    total = len(batches)  # type: ignore[arg-type]  (loaders' epochs and plain lists of built batches)
+    ticker = progress.Ticker("train batches", total, seconds=PROGRESS_SECONDS)
     for i, batch in enumerate(batches):
         if i:
-            ticker.tick(i, "%s: batch %d/%d, %.0f s, loss %.4f", label, i, len(batches.batches),
+            ticker.tick(i, "%s: batch %d/%d, %.0f s, loss %.4f", label, i, total,
                         time.perf_counter() - t0, float(sums[0] / max(float(sums[2]), 1.0)))
         n = int(batch.train_mask.sum())
         if n == 0 and not distributed:
