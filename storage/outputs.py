@@ -25,7 +25,10 @@ and leaves the previous output in force. An output that exists but is incomplete
 missing by :meth:`Output.reusable`: it is logged, moved aside and rebuilt, for every stage alike.
 
 This is also the seam for other filesystems: everything a stage does with the store goes through
-:class:`Output` (reading) and :class:`Writer` (publishing).
+:class:`Output` (reading) and :class:`Writer` (publishing). On a remote store (``s3://...``,
+:mod:`storage.fs`) a :class:`Writer` fills a local staging directory that is uploaded when the
+block ends (data files first, the manifest last); :meth:`Output.local_dir` is a verified copy in
+this machine's cache (:mod:`storage.cache`); an output's :attr:`Output.location` is its URI.
 """
 
 from __future__ import annotations
