@@ -251,7 +251,11 @@ def plain_checkpoint(obj: Any) -> Any:
 
 def load_trained(checkpoint_dir: str | Path) -> tuple[GNN, dict[str, Any]]:
     """The best-validation model of a training run (on the CPU, in eval mode) and its record."""
-    saved = load_checkpoint(Path(checkpoint_dir) / MODEL_FILE)
+    from storage.checkpoints import Checkpoints
+
+    saved = Checkpoints.at(str(checkpoint_dir)).model()  # through the store: also a remote one
+    if saved is None:
+        raise FileNotFoundError(f"no trained model in the checkpoint set {checkpoint_dir}")
     model = GNN(ModelSpec(**saved["spec"]))
     model.load_state_dict(saved["state_dict"])
     model.eval()
