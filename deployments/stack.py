@@ -69,6 +69,9 @@ class LocalStack:
     prefect_port: int = 4200
     mlflow_port: int = 5000
     pids: dict[str, int] = field(default_factory=dict)
+    # where the MLflow server keeps artifacts: a local folder (default <root>/mlartifacts) or a URI
+    # such as s3://bucket/mlflow (the server gets the AWS_* environment: credentials, AWS_ENDPOINT_URL)
+    artifacts_destination: str | None = None
 
     @property
     def prefect_api(self) -> str:
@@ -96,13 +99,23 @@ class LocalStack:
             # a request to the Prefect API is retried 7 times (2, 4, ... 128 s apart): a flow run
             # rides out an API restart or an outage of about 4 minutes (Prefect's default, 5: 1 minute)
             "PREFECT_CLIENT_MAX_RETRIES": os.environ.get("PREFECT_CLIENT_MAX_RETRIES", str(CLIENT_MAX_RETRIES)),
+            **self._s3_env(),
         }
 
+    def _s3_env(self) -> dict[str, str]:
+        """MLflow's S3 artifact store reads its endpoint from ``MLFLOW_S3_ENDPOINT_URL``: set it
+        from ``AWS_ENDPOINT_URL`` (an S3-compatible server) when only that one is given."""
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
+            return {"MLFLOW_S3_ENDPOINT_URL": endpoint}
+        return {}
+
     # -- processes ------------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str], cwd: Path | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], cwd: Path | None = None,
+               env: dict[str, str] | None = None) -> subprocess.Popen:
         with open(self.root / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
-                args, cwd=cwd or self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                args, cwd=cwd or self.root, env={**self.env(), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.pids[name] = proc.pid
@@ -147,7 +160,7 @@ class LocalStack:
             started.append((f"{self.mlflow_uri}/health", "mlflow-server", self._spawn("mlflow-server", [
                 str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
                 "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination", str(self.root / "mlartifacts"),
+                "--artifacts-destination", self.artifacts_destination or str(self.root / "mlartifacts"),
             ])))
         for url, name, proc in started:
             wait_http(url, 180, proc, self.root / f"{name}.log")
@@ -190,11 +203,14 @@ class LocalStack:
         return [a["name"] for a in missing]
 
     def start_workers(self, pools: tuple[str, ...] = ("cpu", "gpu")) -> None:
+        """One process worker per pool, each in its own directory with its own cache of a remote
+        store's outputs (``worker-<pool>/cache``, ``$GRAPHPIPE_CACHE_DIR``), as on separate machines."""
         for pool in pools:
             cwd = self.root / f"worker-{pool}"
             cwd.mkdir(parents=True, exist_ok=True)
             self._spawn(f"worker-{pool}", [str(BIN / "prefect"), "worker", "start", "--pool", pool,
-                                           "--name", f"{pool}-worker", "--type", "process"], cwd=cwd)
+                                           "--name", f"{pool}-worker", "--type", "process"], cwd=cwd,
+                        env={"GRAPHPIPE_CACHE_DIR": str(cwd / "cache")})
 
     def up(self) -> None:
         self.start_servers()
@@ -218,13 +234,15 @@ class LocalStack:
 
     # -- state ----------------------------------------------------------------------------
     def _save(self) -> None:
-        state = {"prefect_port": self.prefect_port, "mlflow_port": self.mlflow_port, "pids": self.pids}
+        state = {"prefect_port": self.prefect_port, "mlflow_port": self.mlflow_port, "pids": self.pids,
+                 "artifacts_destination": self.artifacts_destination}
         (self.root / "stack.json").write_text(json.dumps(state, indent=2))
 
     @classmethod
     def load(cls, root: Path) -> LocalStack:
         state = json.loads((root / "stack.json").read_text())
-        return cls(root, state["prefect_port"], state["mlflow_port"], state["pids"])
+        return cls(root, state["prefect_port"], state["mlflow_port"], state["pids"],
+                   state.get("artifacts_destination"))
 
 
 def kill_tree(pid: int) -> list[int]:
@@ -275,10 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=str(REPO / ".stack"), help="state, logs and databases (default: .stack)")
     p.add_argument("--prefect-port", type=int, default=4200)
     p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--artifacts-destination", metavar="URI",
+                   help="where the MLflow server stores artifacts (default: DIR/mlartifacts), e.g. "
+                        "s3://bucket/mlflow, the bucket of an object-storage store; the AWS_* environment "
+                        "(credentials, AWS_ENDPOINT_URL for MinIO and other S3-compatible servers) is passed on")
     args = p.parse_args(argv)
     root = Path(args.dir).resolve()
     if args.command == "up":
-        stack = LocalStack(root, args.prefect_port, args.mlflow_port)
+        stack = LocalStack(root, args.prefect_port, args.mlflow_port,
+                           artifacts_destination=args.artifacts_destination)
         try:
             stack.up()
         except BaseException:

@@ -48,7 +48,8 @@ def _add_common(p: argparse.ArgumentParser, *, inputs: bool) -> None:
                        help="edge list: CSV, TSV, whitespace text (# comments), .gz, or Parquet; repeatable")
         p.add_argument("--nodes", metavar="FILE", help="node table (Parquet or CSV): id, label, split/masks, features")
         p.add_argument("--features", metavar="FILE", help="feature matrix .npy (dense) or .npz (scipy sparse)")
-    p.add_argument("--store", metavar="DIR", help="graph store directory (default: graphpipe-store)")
+    p.add_argument("--store", metavar="DIR|URI",
+                   help="graph store: a directory, or s3://bucket/prefix (default: graphpipe-store)")
     p.add_argument("--name", help="graph name in the store (default: graph)")
     p.add_argument("--config", metavar="FILE", help="YAML or TOML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -77,7 +78,9 @@ def build_config(args: argparse.Namespace):
             data[key] = [str(Path(v).resolve()) for v in value] if key == "edges" else (
                 str(Path(value).resolve()) if key != "name" else value)
     if args.store:
-        base["store"] = str(Path(args.store).resolve())
+        from storage.fs import is_uri
+
+        base["store"] = args.store if is_uri(args.store) else str(Path(args.store).resolve())
     if args.experiment:
         base.setdefault("track", {})["experiment"] = args.experiment
     return load_config(None, _with_progress(args), base=base)
@@ -127,17 +130,26 @@ def _checked_inputs(args: argparse.Namespace, command: str):
     if not cfg.data.edges:
         raise InputError(f"{command} needs at least one --edges FILE (or data.edges in the config file)")
     check_inputs(cfg.data)
+    _checked_store(cfg)
     return cfg
+
+
+def _checked_store(cfg):
+    """The config's store, checked to answer (a remote store's bucket and credentials) before
+    Prefect starts: one error line instead of a failed run."""
+    from storage.store import Store
+
+    store = Store(cfg.store, cache_dir=cfg.cache_dir, cache_max_gb=cfg.cache_max_gb)
+    store.check()
+    return store
 
 
 def _checked_snapshot(args: argparse.Namespace):
     """The config, with the graph's current snapshot checked to exist before Prefect starts."""
-    from storage.store import Store
-
     cfg = build_config(args)
-    store = Store(cfg.store)
+    store = _checked_store(cfg)
     if store.current_snapshot(cfg.data.name) is None:
-        raise InputError(f"no snapshot of graph {cfg.data.name!r} in store {store.root}: run `graphpipe ingest` first")
+        raise InputError(f"no snapshot of graph {cfg.data.name!r} in store {store.uri}: run `graphpipe ingest` first")
     return cfg
 
 
@@ -228,6 +240,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a community graph and run every stage on it with the default config."""
     from tasks.synthetic.generate import GeneratorConfig, generate_graph
 
+    from storage.fs import is_uri
+
+    if is_uri(args.store):
+        raise InputError(f"demo --store {args.store}: the demo generates its input files in the store's folder, so it "
+                         f"needs a local directory; use `graphpipe run --store {args.store}` with your own files")
     server = _start_prefect(args)
     from flows.pipeline import graph_pipeline
 

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from flows import quiet_errors, stages
 from flows.startup import apply_startup_limit
 from storage.evaluation import predictions_location
-from storage.store import NodeDataRef, PartitionRef, Store, output_at
+from storage.store import NodeDataRef, PartitionRef, Store, output_at, store_for
 from tasks.config import PipelineConfig, load_config, redact_uri
 from tasks.tune.tuned import apply_tuned, tuned_config_path
 
@@ -48,7 +48,9 @@ def _setup(config: PipelineConfig | None, config_file: str | None,
     stages.forward_library_logs()
     cfg = resolve(config, config_file, overrides)
     stages.show_progress(cfg.progress)
-    return cfg, Store(cfg.store)
+    store = store_for(cfg)
+    store.check()  # a remote store's bucket and credentials, before any work
+    return cfg, store
 
 
 def _graph_lock(cfg: PipelineConfig, store: Store):

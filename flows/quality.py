@@ -15,7 +15,7 @@ from prefect import get_run_logger, task
 
 from flows.stages import _retrying, read_history
 from storage.arrays import ClusterGraph
-from storage.store import FeaturesRef, NodeDataRef
+from storage.store import FeaturesRef, NodeDataRef, Store, output_at
 from tasks.track import tracking as track_mod
 from tasks.evaluate.baseline import BaselineResult, train_baseline
 from tasks.config import PipelineConfig
@@ -55,10 +55,10 @@ def check_health(
 ) -> Health:
     """The failing-run check (:func:`tasks.evaluate.health.check_run_health`): a WARNING in the log with
     what to try, and the MLflow tags ``graphpipe.health``, ``graphpipe.health_reason``."""
-    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     chance = chance_level(np.asarray(graph.y), np.asarray(graph.split), trained.num_classes)
     health = check_run_health(
-        read_history(trained),
+        read_history(trained, Store(config.store)),
         chance=chance,
         val_acc=evaluation.metrics.get("val_acc"),
         baseline_val_acc=base.val_acc if base is not None else None,

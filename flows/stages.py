@@ -31,7 +31,7 @@ from tasks.partition import partition as partition_mod
 
 if TYPE_CHECKING:  # torch, PyG, MLflow: imported by the tasks that need them (`graphpipe ingest` never does)
     from tasks.track import tracking as track_mod
-    from tasks.train.loop import TrainResult
+    from tasks.train.result import TrainResult
 
 LIBRARY_LOGGERS = ("tasks", "storage")
 PROGRESS_LOGGER = "graphpipe.progress"  # tasks.progress.LOGGER_NAME
@@ -119,7 +119,7 @@ def current_snapshot(graph: str, store: Store) -> SnapshotRef:
     """The snapshot last ingested for graph ``graph`` in the store."""
     ref = store.current_snapshot(graph)
     if ref is None:
-        raise InputError(f"no snapshot of graph {graph!r} in store {store.root}: run `graphpipe ingest` first")
+        raise InputError(f"no snapshot of graph {graph!r} in store {store.uri}: run `graphpipe ingest` first")
     return ref
 
 
@@ -223,7 +223,7 @@ def train_on_deployment(
     MLflow run's id (:func:`storage.checkpoints.find_result`).
     """
     from storage.checkpoints import find_result
-    from tasks.train.loop import TrainResult
+    from tasks.train.result import TrainResult
 
     logger = get_run_logger()
     logger.info("training on deployment %s", deployment)
@@ -242,7 +242,7 @@ def train_on_deployment(
     found = find_result(store, config.data.name, run.run_id)
     if found is None:
         raise RuntimeError(f"training flow run {child.name} on {deployment} completed but left no result for MLflow run "
-                           f"{run.run_id} in the store {store.root}")
+                           f"{run.run_id} in the store {store.uri}")
     return TrainResult(**found)
 
 
@@ -309,7 +309,7 @@ def log_run(
     ``notes``: more markdown for the run's artifact (the baseline and the health check)."""
     from tasks.track import tracking as track_mod
 
-    history = read_history(trained)
+    history = read_history(trained, Store(config.store))
     tracked = track_mod.log_results(
         run,
         config,

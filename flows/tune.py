@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 
 from flows import stages
 from flows.pipeline import _graph_lock, resolve
-from storage.store import Store
+from storage.store import store_for
 from tasks.config import PipelineConfig
 from tasks.track.tracking import run_link
 from tasks.tune.study import TuneResult, tune_graph
@@ -41,7 +41,8 @@ def graph_tune(
     if cfg.tune.use_tuned:  # the search starts from the configured values, not from its own last result
         cfg = resolve(config, config_file, {**(overrides or {}), "tune.use_tuned": False})
     stages.show_progress(cfg.progress)
-    store = Store(cfg.store)
+    store = store_for(cfg)
+    store.check()
     stages.check_tracking(cfg)
     # the tune writes the graph's snapshot, features, partition and node data like a run does: it
     # holds the graph's lock, so a nightly run started meanwhile waits for it (lock_timeout_seconds)

@@ -102,9 +102,7 @@ class Checkpoints:
     def local_dir(self) -> Path:
         """A local directory of the set (the set itself on a local store): scratch space for
         full-graph inference and the place evaluation outputs are written beside the weights."""
-        d = self.store.object_path(self.graph, FOLDER, self.key)
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return self.store.local_object_dir(self.graph, FOLDER, self.key)
 
     def _get(self, name: str) -> dict[str, Any] | None:
         data = self.store.get_object(self.graph, FOLDER, self.key, name)
@@ -117,15 +115,15 @@ class Checkpoints:
 
     @classmethod
     def at(cls, location: str) -> Checkpoints:
-        """The set at ``location`` (a :attr:`location` recorded in a training result)."""
-        from pathlib import Path
-
+        """The set at ``location`` (a :attr:`location` recorded in a training result: a path, or
+        a URI on a remote store), its store found from the location itself."""
         from storage.store import Store
 
-        p = Path(location)
-        if p.parent.name != FOLDER or p.parent.parent.parent.name != "graphs":
+        root, sep, rest = str(location).rpartition("/graphs/")
+        parts = rest.split("/")
+        if not sep or not root or len(parts) != 3 or parts[1] != FOLDER or not parts[0] or not parts[2]:
             raise ValueError(f"{location} is not a checkpoint set of a store")
-        return cls(Store(p.parents[3]), p.parent.parent.name, p.name)
+        return cls(Store(root), parts[0], parts[2])
 
     # -- the resumable state ------------------------------------------------------------------
     def last(self) -> dict[str, Any] | None:
@@ -137,6 +135,10 @@ class Checkpoints:
         self._put(LAST, state)
 
     # -- the trained model ------------------------------------------------------------------
+    def model_bytes(self) -> bytes | None:
+        """The saved model's file as stored (to hand on unchanged, e.g. as an MLflow artifact)."""
+        return self.store.get_object(self.graph, FOLDER, self.key, MODEL)
+
     def model(self) -> dict[str, Any] | None:
         """The finished run's record: ``spec``, ``state_dict`` (best validation), ``num_classes``,
         ``best_epoch``, ``history``; None before a run finished."""
@@ -195,13 +197,8 @@ def find_result(store: Store, graph: str, run_id: str) -> dict[str, Any] | None:
     :meth:`Checkpoints.save_result`), whichever checkpoint set holds it; None when there is none.
     The caller need not know the checkpoint key: the training run decided it."""
     name = _result_name(run_id)
-    folder = store.object_path(graph, FOLDER)
-    if not folder.is_dir():
-        return None
-    for ckpt in sorted(folder.iterdir()):
-        if ckpt.name.startswith(".") or not ckpt.is_dir():
-            continue
-        data = store.get_object(graph, FOLDER, ckpt.name, name)
+    for key in store.list_objects(graph, FOLDER):
+        data = store.get_object(graph, FOLDER, key, name)
         if data is not None:
             return json.loads(data)
     return None

@@ -72,7 +72,9 @@ def read_embedding(out: Output) -> tuple[np.ndarray, np.ndarray]:
 
 def predictions_location(out: Output) -> str:
     """Where the predictions table is, for users (the run's summary); read it with
-    :func:`read_predictions`."""
+    :func:`read_predictions`. On a remote store, its URI in the bucket."""
+    if out.store.remote:
+        return f"{out.location}/{file_name(PREDICTIONS, 'table')}"
     return str(out.local_dir() / file_name(PREDICTIONS, "table"))
 
 

@@ -16,12 +16,18 @@ DIGEST_CHARS = 16
 
 def fingerprint_file(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes and size (hardware-accelerated: ~2x BLAKE2b's speed here)."""
-    h = hashlib.sha256()
     p = Path(path)
-    h.update(str(p.stat().st_size).encode())
     with open(p, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+        return fingerprint_stream(f, p.stat().st_size)
+
+
+def fingerprint_stream(f: Any, size: int) -> str:
+    """:func:`fingerprint_file` of a readable binary stream of ``size`` bytes (e.g. an object
+    read from a bucket), without a local copy."""
+    h = hashlib.sha256()
+    h.update(str(size).encode())
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
     return h.hexdigest()[:DIGEST_CHARS]
 
 

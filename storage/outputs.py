@@ -25,11 +25,15 @@ and leaves the previous output in force. An output that exists but is incomplete
 missing by :meth:`Output.reusable`: it is logged, moved aside and rebuilt, for every stage alike.
 
 This is also the seam for other filesystems: everything a stage does with the store goes through
-:class:`Output` (reading) and :class:`Writer` (publishing).
+:class:`Output` (reading) and :class:`Writer` (publishing). On a remote store (``s3://...``,
+:mod:`storage.fs`) a :class:`Writer` fills a local staging directory that is uploaded when the
+block ends (data files first, the manifest last); :meth:`Output.local_dir` is a verified copy in
+this machine's cache (:mod:`storage.cache`); an output's :attr:`Output.location` is its URI.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +48,8 @@ from storage.manifest import damage, discard, make_manifest, read_manifest, reus
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 #: kind of output -> folder under ``graphs/<name>/``
 KINDS = {
@@ -75,27 +81,41 @@ class Output:
         key: the output's content fingerprint (or another unique key).
     """
 
-    store: Store
+    store: Any  # a storage.store.Store (not imported here: storage.store imports this module)
     graph: str
     kind: str
     key: str
 
     @property
-    def path(self) -> Path:
-        """Where the output lives; for references and messages. Read through the methods below."""
+    def path(self) -> Path | str:
+        """Where the output lives; for references and messages. Read through the methods below.
+        A local path, or the output's URI on a remote store."""
         if self.kind not in KINDS:
             raise ValueError(f"unknown kind of output {self.kind!r}; expected one of {sorted(KINDS)}")
+        if self.store.remote:
+            return self.store.location.uri_of(self.remote_path)
         return self.store.graph_dir(self.graph) / KINDS[self.kind] / self.key
 
     @property
     def location(self) -> str:
-        """:attr:`path` as a string, as stage references record it."""
+        """:attr:`path` as a string, as stage references record it (a URI on a remote store)."""
         return str(self.path)
+
+    @property
+    def remote_path(self) -> str:
+        """The output's directory inside a remote store's filesystem (``bucket/prefix/graphs/...``)."""
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind of output {self.kind!r}; expected one of {sorted(KINDS)}")
+        self.store.graph_dir(self.graph)  # validates the name
+        return self.store.remote_path("graphs", self.graph, KINDS[self.kind], self.key)
 
     # -- completeness -----------------------------------------------------------------------
     def damage(self) -> str | None:
         """Why the output is not complete and undamaged (``"missing"``, ``"no manifest.json"``, a
-        listed file missing or of the wrong size), or ``None`` when it is. Cheap: no checksums."""
+        listed file missing or of the wrong size), or ``None`` when it is. Cheap: no checksums
+        (on a remote store: one read of the manifest and one listing)."""
+        if self.store.remote:
+            return _remote_damage(self)
         return damage(self.path)
 
     def exists(self) -> bool:
@@ -104,24 +124,56 @@ class Output:
 
     def reusable(self, what: str | None = None) -> bool:
         """True when the output can be reused. One that exists but is incomplete or damaged is
-        logged (as ``what``, default the kind), moved aside and deleted: the caller rebuilds it."""
-        return reusable(self.path, what or self.kind.replace("_", " "))
+        logged (as ``what``, default the kind), moved aside and deleted: the caller rebuilds it.
+        On a remote store an incomplete one (e.g. files without a manifest, left by a run killed
+        mid-upload) is deleted from the bucket."""
+        what = what or self.kind.replace("_", " ")
+        if self.store.remote:
+            why = _remote_damage(self)
+            if why is None:
+                return True
+            if why != "missing":
+                log.warning("%s %s is damaged or incomplete (%s): rebuilding it", what, self.location, why)
+                self.discard()
+            return False
+        return reusable(self.path, what)
 
     def discard(self) -> None:
-        """Remove the output (moved aside in one step, then deleted)."""
+        """Remove the output (moved aside in one step, then deleted; on a remote store its
+        manifest is deleted first, so that no reader trusts what remains)."""
+        if self.store.remote:
+            from storage import fs
+
+            self.store.cache.forget(self.location)
+            fs.delete_file(self.store.location.fs, f"{self.remote_path}/{MANIFEST_NAME}")
+            fs.delete_dir(self.store.location.fs, self.remote_path)
+            return
         discard(self.path)
 
     def manifest(self) -> dict[str, Any]:
         """The output's manifest (parameters, inputs, counts, files, checksums)."""
+        if self.store.remote:
+            import json
+
+            raw = _remote_manifest_bytes(self)
+            if raw is None:
+                raise FileNotFoundError(f"{self.location}/{MANIFEST_NAME} does not exist")
+            return json.loads(raw)
         return read_manifest(self.path)
 
     # -- reading ------------------------------------------------------------------------------
     def local_dir(self) -> Path:
-        """A local directory holding the output's files (the output itself on a local store)."""
-        return self.path
+        """A local directory holding the output's files: the output itself on a local store; on
+        a remote store a verified copy in this machine's cache (:mod:`storage.cache`), fetched
+        from the bucket the first time and reused after (also by later runs)."""
+        if not self.store.remote:
+            return self.path
+        return _fetch(self)
 
     def has(self, name: str, form: str = "array") -> bool:
         """Whether the output holds logical entry ``name`` stored as ``form``."""
+        if self.store.remote:
+            return file_name(name, form) in self.manifest().get("files", [])
         return (self.local_dir() / file_name(name, form)).is_file()
 
     def array(self, name: str, mmap: bool = True) -> np.ndarray:
@@ -141,6 +193,95 @@ class Output:
         import pyarrow.parquet as pq
 
         return pq.read_table(self.local_dir() / file_name(name, "table"), columns=columns)
+
+
+# -- remote stores --------------------------------------------------------------------------------
+MANIFEST_NAME = "manifest.json"
+
+
+def _remote_manifest_bytes(out: Output) -> bytes | None:
+    from storage import fs
+
+    return fs.read_bytes(out.store.location.fs, f"{out.remote_path}/{MANIFEST_NAME}")
+
+
+def _check_manifest(manifest: Any, sizes: dict[str, int]) -> str | None:
+    from storage.manifest import FORMAT_VERSION
+
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        got = manifest.get("format_version") if isinstance(manifest, dict) else "?"
+        return f"manifest.json has format version {got}, not {FORMAT_VERSION}"
+    sums = manifest.get("checksums") or {}
+    for name in manifest.get("files", []):
+        if name not in sizes:
+            return f"{name} is missing"
+        want = sums.get(name, {}).get("size")
+        if want is not None and sizes[name] != want:
+            return f"{name} has {sizes[name]} bytes, the manifest says {want}"
+    return None
+
+
+def _remote_damage(out: Output) -> str | None:
+    """:meth:`Output.damage` on a remote store: the manifest, then one listing for the sizes."""
+    import json
+
+    from storage import fs
+
+    sizes = fs.list_sizes(out.store.location.fs, out.remote_path)
+    if sizes is None:
+        return "missing"
+    if MANIFEST_NAME not in sizes:
+        return "no manifest.json (incomplete)"
+    raw = _remote_manifest_bytes(out)
+    if raw is None:
+        return "no manifest.json (incomplete)"
+    try:
+        manifest = json.loads(raw)
+    except ValueError as e:
+        return f"unreadable manifest.json ({e})"
+    return _check_manifest(manifest, sizes)
+
+
+def _fetch(out: Output) -> Path:
+    """The cache entry holding ``out`` (see :meth:`Output.local_dir`)."""
+    from storage import fs
+    from storage.cache import CacheVerifyError
+
+    cache = out.store.cache
+    entry = cache.remembered(out.location)
+    if entry is not None:
+        return entry
+    raw = _remote_manifest_bytes(out)
+    if raw is None:
+        raise FileNotFoundError(f"{out.kind.replace('_', ' ')} {out.location} is not published (no manifest.json)")
+    remote = out.remote_path
+
+    def download(name: str, local: Path) -> None:
+        fs.download_file(out.store.location.fs, f"{remote}/{name}", local)
+
+    try:
+        return cache.fetch(out.location, out.kind, out.key, raw, download)
+    except CacheVerifyError as e:
+        raise CacheVerifyError(f"{out.kind.replace('_', ' ')} {out.location} is damaged in the store: {e}; "
+                               f"`graphpipe verify --repair` discards it so that the next run rebuilds it") from None
+
+
+def _upload(output: Output, staged: Path, replace: bool) -> bool:
+    """Upload a staged output: data files first, the manifest last. Returns False when a
+    complete copy was already there and kept (``replace=False``)."""
+    from storage import fs
+
+    why = _remote_damage(output)
+    if why is None and not replace:
+        return False
+    target_fs = output.store.location.fs
+    if why != "missing":  # an old copy, or what a killed upload left: the manifest goes first
+        output.discard()
+    manifest = read_json(staged / MANIFEST_NAME)
+    for name in sorted(manifest.get("files", [])):
+        fs.upload_file(target_fs, staged / name, f"{output.remote_path}/{name}")
+    fs.upload_file(target_fs, staged / MANIFEST_NAME, f"{output.remote_path}/{MANIFEST_NAME}")
+    return True
 
 
 @dataclass
@@ -236,9 +377,20 @@ def publish(output: Output, *, params: dict[str, Any], inputs: dict[str, Any],
             addressed, e.g. an evaluation redone with the same key); by default an existing
             complete copy is kept and the new one discarded, since both are equal.
 
+    On a remote store the temporary directory is on this machine's cache disk; when the block
+    ends the data files are uploaded, then the manifest (readers trust only outputs whose
+    manifest is present and lists files of the recorded sizes), and the directory becomes the
+    output's cache entry (no download to read it back). An upload cut short leaves files
+    without a manifest, which :meth:`Output.reusable` deletes and rebuilds; a replaced output's
+    old manifest is deleted before its new files are uploaded.
+
     Caveat: on an error nothing is published, the temporary files are removed and the previous
     output (if any) stays in force; a full disk is reported as :class:`storage.atomic.StoreFullError`.
     """
+    if output.store.remote:
+        with _publish_remote(output, params=params, inputs=inputs, replace=replace) as writer:
+            yield writer
+        return
     with publish_dir(output.path, replace=replace) as tmp:
         writer = Writer(output=output, dir=Path(tmp), params=params, inputs=inputs)
         yield writer
@@ -246,8 +398,38 @@ def publish(output: Output, *, params: dict[str, Any], inputs: dict[str, Any],
                                           counts=writer.counts, files=writer.files, extra=writer.extra))
 
 
-def as_output(store: Store, location: str | os.PathLike) -> Output:
-    """The :class:`Output` at ``location`` (a path recorded in a stage reference) of ``store``."""
+@contextmanager
+def _publish_remote(output: Output, *, params: dict[str, Any], inputs: dict[str, Any],
+                    replace: bool) -> Iterator[Writer]:
+    """:func:`publish` on a remote store: stage locally, upload data then manifest, adopt."""
+    import shutil
+
+    from storage.atomic import disk_full_as_error
+    cache = output.store.cache
+    staged = cache.staging_dir()
+    try:
+        with disk_full_as_error(staged):
+            writer = Writer(output=output, dir=staged, params=params, inputs=inputs)
+            yield writer
+            write_manifest(staged, make_manifest(output.kind, output.key, params=params, inputs=inputs,
+                                                 counts=writer.counts, files=writer.files, extra=writer.extra))
+        cache.forget(output.location)
+        if _upload(output, staged, replace):
+            cache.adopt(output.location, output.kind, output.key, staged)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def as_output(store: Any, location: str | os.PathLike) -> Output:
+    """The :class:`Output` at ``location`` (a path or URI recorded in a stage reference) of ``store``."""
+    if store.remote:
+        parts = str(location)[len(store.uri) + 1:].split("/") if str(location).startswith(store.uri + "/") else []
+        if len(parts) == 4 and parts[0] == "graphs":
+            kind = next((k for k, v in KINDS.items() if v == parts[2]), None)
+            if kind is not None:
+                return Output(store, parts[1], kind, parts[3])
+        raise ValueError(f"{location} is not a stage output of the store {store.uri}")
     p = Path(location)
     key, folder, graph = p.name, p.parent.name, p.parent.parent.name
     kind = next((k for k, v in KINDS.items() if v == folder), None)

@@ -37,6 +37,8 @@ def verify_graph(store: str | os.PathLike, name: str, *, repair: bool = False) -
     (holding the graph's lock; a plain check reads without it: outputs being written are under
     temporary names and not checked). Raises ``FileNotFoundError`` if the graph is not there."""
     s = Store(store)
+    if s.remote:
+        return _verify_remote(s, name, repair=repair)
     gdir = s.graph_dir(name)
     if not gdir.is_dir():
         raise FileNotFoundError(f"no graph {name!r} in store {s.root} (no directory {gdir})")
@@ -71,3 +73,49 @@ def format_table(checks: list[Check]) -> str:
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  ------")
     return "\n".join(lines)
+
+
+def _verify_remote(s: Store, name: str, *, repair: bool) -> list[Check]:
+    """:func:`verify_graph` on a remote store: every file of every output streamed from the
+    bucket and compared with its manifest (the local cache is not trusted for this)."""
+    from storage import fs
+    from storage.outputs import KINDS as OUTPUT_KINDS
+
+    folder_kind = {v: k for k, v in OUTPUT_KINDS.items()}
+    gpath = s.remote_path("graphs", name)
+    folders = [k for k in KINDS if k in fs.subdirs(s.location.fs, gpath)]
+    if not folders and s.get_object(name, "CURRENT.json") is None:
+        raise FileNotFoundError(f"no graph {name!r} in store {s.uri}")
+    current = s.current_snapshot(name)
+    out = []
+    with s.lock(name) if repair else nullcontext():
+        for kind in folders:
+            for key in fs.subdirs(s.location.fs, f"{gpath}/{kind}"):
+                o = s.output(name, folder_kind[kind], key)
+                status, detail = _check_remote(o)
+                if status == "damaged" and repair:
+                    o.discard()
+                    detail += " (removed: the next run rebuilds it)"
+                out.append(Check(kind, key, status, detail,
+                                 current=current is not None and current.path == o.location))
+    return out
+
+
+def _check_remote(o) -> tuple[str, str]:
+    from storage import fs
+    from storage.fingerprint import fingerprint_stream
+
+    why = o.damage()
+    if why is not None:
+        return "damaged", why
+    sums = o.manifest().get("checksums")
+    if not sums:
+        return "unverified", "published without checksums: sizes and contents cannot be checked"
+    sizes = fs.list_sizes(o.store.location.fs, o.remote_path) or {}
+    bad = []
+    for fname, want in sorted(sums.items()):
+        with o.store.location.fs.open_input_stream(f"{o.remote_path}/{fname}") as f:
+            got = fingerprint_stream(f, sizes.get(fname, 0))
+        if got != want.get("sha256"):
+            bad.append(f"{fname} checksum {got} != {want.get('sha256')}")
+    return ("damaged", "; ".join(bad)) if bad else ("ok", f"{len(sums)} files")

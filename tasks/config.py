@@ -276,18 +276,27 @@ class PipelineConfig(_Section):
     progress: bool = False  # show the stages' progress (the graphpipe.progress logger); --progress wins
     # how long a run waits for another run of the same graph to release the store's lock
     lock_timeout_seconds: float = Field(default=600.0, ge=0)
+    # a remote store's local cache (storage.cache): None = $GRAPHPIPE_CACHE_DIR, else ~/.cache/graphpipe
+    cache_dir: str | None = None
+    # its size bound in GB (least recently used outputs evicted): None = $GRAPHPIPE_CACHE_MAX_GB, else 50
+    cache_max_gb: float | None = Field(default=None, gt=0)
 
     @field_validator("store")
     @classmethod
-    def _local_store(cls, v: str) -> str:
+    def _store_location(cls, v: str) -> str:
+        """A local path, or a URI the store can serve (``s3://bucket/prefix``, ``gs://``, ...;
+        :mod:`storage.fs`): anything else is an error here, never a local folder named ``s3:``."""
         if "\x00" in v:
             raise ValueError("the store path cannot contain a NUL character")
         if v.startswith("file://"):
             return urllib.parse.unquote(urllib.parse.urlparse(v).path)
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
-            raise ValueError(
-                f"{redact_uri(v)!r} is a URI; the store must be a local directory (or a mounted network path)"
-            )
+            from storage.fs import StoreLocationError, parse_store
+
+            try:
+                return parse_store(v).uri
+            except StoreLocationError as e:
+                raise ValueError(redact_uri(str(e))) from None
         return v
 
     def flat(self) -> dict[str, Any]:

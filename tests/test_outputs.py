@@ -75,7 +75,7 @@ def _run(kind: str, cfg: PipelineConfig, store: Store, refs: dict[str, Any]):
 @pytest.fixture(scope="module", params=[False, True], ids=["dense", "sparse"])
 def pipeline(request, tmp_path_factory):
     """The graph through every stage once: ``(config, store, refs)``."""
-    from tasks.train.loop import train_cluster_gcn
+    from tests.helpers import train as train_cluster_gcn
 
     cfg = _config(tmp_path_factory.mktemp("outputs"), sparse=request.param)
     store = Store(cfg.store)

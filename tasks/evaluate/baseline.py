@@ -27,7 +27,7 @@ from torch import nn
 
 from storage.arrays import ClusterGraph
 from storage.snapshot import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
-from storage.store import NodeDataRef
+from storage.store import NodeDataRef, output_at
 from tasks.config import BaselineConfig
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def train_baseline(node_data: NodeDataRef, config: BaselineConfig, num_classes: 
     """Train the features-only model on the run's node data; accuracy with the weights of the
     best validation epoch (training accuracy when there is no validation split)."""
     t0 = time.perf_counter()
-    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     y = np.array(graph.y, dtype=np.int64)  # copies: N labels and split codes are small
     split = np.array(graph.split)
     labeled = y >= 0

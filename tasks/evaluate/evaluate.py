@@ -11,6 +11,7 @@ import pyarrow as pa
 import torch
 
 from storage.arrays import ClusterGraph
+from storage.checkpoints import Checkpoints
 from storage.evaluation import read_metrics, write_evaluation
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TEST, read_node_ids
@@ -74,7 +75,7 @@ def evaluate_model(
     if out.reusable("evaluation"):
         log.info("evaluate: cache hit %s", out.location)
         return EvaluationRef(path=out.location, metrics=read_metrics(out), key=key, reused=True)
-    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     model, saved = load_trained(train_result.checkpoint_dir)
     device = resolve_device(device)
     n = graph.num_nodes
@@ -83,7 +84,8 @@ def evaluate_model(
     pred = np.empty(n, dtype=np.int32)
     confidence = np.empty(n, dtype=np.float32)
     sample_hidden: list[np.ndarray] = []
-    blocks = iter_full_graph(model.to(device), graph, device, scratch_dir=train_result.checkpoint_dir)
+    blocks = iter_full_graph(model.to(device), graph, device,
+                             scratch_dir=Checkpoints.at(train_result.checkpoint_dir).local_dir())
     for blk in blocks:
         a, b = blk.start, blk.stop
         probs = torch.softmax(torch.from_numpy(blk.logits), dim=1)

@@ -37,6 +37,7 @@ from mlflow.types import Schema, TensorSpec
 from storage.arrays import ClusterGraph
 from storage.snapshot import read_feature_rows
 from storage.evaluation import read_confusion, read_embedding
+from storage.checkpoints import Checkpoints
 from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store, output_at
 from tasks.train.batching import batch_subgraph
 from tasks.config import PipelineConfig, redact_uri
@@ -298,7 +299,7 @@ def end_run(run: RunRef, status: str = "FINISHED", reason: str | None = None) ->
 def _example_inputs(node_data: NodeDataRef, snapshot: SnapshotRef) -> tuple[torch.Tensor, torch.Tensor]:
     """A real subgraph (whole clusters, at least 2 edges) as raw features + edge_index, for the
     model's input example and signature."""
-    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     clusters = np.arange(1)
     nodes, crow, col = batch_subgraph(graph, clusters)
     while len(col) < 2 and len(clusters) < graph.num_parts:
@@ -308,7 +309,7 @@ def _example_inputs(node_data: NodeDataRef, snapshot: SnapshotRef) -> tuple[torc
     rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
     keep = (rows < len(nodes)) & (col < len(nodes))
     snapshot_ids = np.asarray(graph.perm)[nodes]
-    raw = read_feature_rows(snapshot.path, snapshot_ids)
+    raw = read_feature_rows(output_at(snapshot.path), snapshot_ids)
     # no raw features: the model's input is the stored encoding (structural or constant)
     x = raw if raw is not None else np.asarray(graph.x[nodes])
     x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
@@ -459,7 +460,9 @@ def _log_results(run: RunRef, config: PipelineConfig, *, snapshot: SnapshotRef, 
         (t / "config.yaml").write_text(yaml.safe_dump(safe_config_dump(config), sort_keys=False))
         for sub in ("plots", "stats"):
             client.log_artifacts(run.run_id, str(t / sub), sub)
-        client.log_artifact(run.run_id, str(Path(trained_dir) / MODEL_FILE), WEIGHTS_DIR)
+        (t / "weights").mkdir()  # the store's model file (a local path or an object in a bucket)
+        (t / "weights" / MODEL_FILE).write_bytes(Checkpoints.at(trained_dir).model_bytes())
+        client.log_artifact(run.run_id, str(t / "weights" / MODEL_FILE), WEIGHTS_DIR)
         client.log_artifact(run.run_id, str(t / "config.yaml"))
 
     name = model_name(config) if config.track.log_model else None

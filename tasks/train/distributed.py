@@ -194,7 +194,7 @@ def spawn_ranks(node_data: NodeDataRef, config: TrainConfig, ckpt: Checkpoints, 
 
         raise InputError(f"train.world_size={world} needs one GPU per rank; {torch.cuda.device_count()} visible")
     threads = max(1, (os.cpu_count() or 1) // world) if resolve_device(config.device).type == "cpu" else 0
-    job = {"node_data": node_data, "config": config, "store": str(ckpt.store.root), "graph": ckpt.graph,
+    job = {"node_data": node_data, "config": config, "store": ckpt.store.uri, "graph": ckpt.graph,
            "key": ckpt.key, "num_classes": num_classes, "init_from": init_from, "threads": threads}
     q = mp.get_context("spawn").Queue()
     ctx = mp.start_processes(_rank_main, args=(world, free_port(), job, _Channel(q)), nprocs=world, join=False,

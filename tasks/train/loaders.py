@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from storage.arrays import ClusterGraph
-from storage.store import NodeDataRef
+from storage.store import NodeDataRef, output_at
 from tasks.config import TrainConfig
 from tasks.train.batching import AdjacencyNorm as Kind, Batch, batch_arrays, batch_from_arrays, build_batch
 
@@ -177,7 +177,7 @@ class WorkerLoader:
     def __init__(self, node_data: NodeDataRef, kind: Kind, workers: int, depth: int):
         self.sampler = _EpochSampler()
         self.loader: torch.utils.data.DataLoader | None = torch.utils.data.DataLoader(
-            _BatchDataset(node_data.partition.path, node_data.path, kind),
+            _BatchDataset(str(output_at(node_data.partition.path).local_dir()), str(output_at(node_data.path).local_dir()), kind),
             batch_size=None, sampler=self.sampler, num_workers=workers, collate_fn=_as_is,
             prefetch_factor=max(depth, 1), persistent_workers=True, multiprocessing_context="spawn",
             generator=torch.Generator(),  # its per-epoch seed draws must not consume the training RNG

@@ -26,7 +26,7 @@ from storage.arrays import ClusterGraph
 from storage.checkpoints import Checkpoints, graph_of
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TRAIN
-from storage.store import NodeDataRef, Store
+from storage.store import NodeDataRef, Store, output_at
 from tasks.config import TrainConfig
 from tasks import progress
 from tasks.errors import InputError
@@ -200,7 +200,7 @@ def _resumable(t: Training) -> dict[str, Any] | None:
 
 
 def _open_graph(node_data: NodeDataRef) -> ClusterGraph:
-    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     split = np.asarray(graph.split)
     if not np.count_nonzero((split == SPLIT_TRAIN) & (np.asarray(graph.y) >= 0)):
         raise InputError(f"no labeled training nodes in {node_data.path}: the graph needs labels and a train split")

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 from storage.arrays import ClusterGraph
+from storage.checkpoints import Checkpoints
 from storage.fingerprint import fingerprint_value
-from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store
+from storage.store import FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store, output_at
 from storage.tuned import TunedFiles, open_tuned, read_tuned_scores, write_tuned
 from tasks.track import tracking as track_mod
 from tasks.config import NormalizeConfig, PipelineConfig, load_config
@@ -112,9 +113,9 @@ class TuneResult:
 
 def _test_accuracy(checkpoint_dir: str, node_data: NodeDataRef, num_classes: int, device: str) -> dict[str, float]:
     model, _ = load_trained(checkpoint_dir)
-    graph = ClusterGraph.open(node_data.partition.path, node_data.path)
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
     dev = resolve_device(device)
-    pred = predict_full_graph(model.to(dev), graph, dev, scratch_dir=checkpoint_dir)
+    pred = predict_full_graph(model.to(dev), graph, dev, scratch_dir=Checkpoints.at(checkpoint_dir).local_dir())
     sm = split_metrics(pred, np.asarray(graph.y), np.asarray(graph.split), num_classes)
     graph.release()
     return sm.flat()
@@ -211,7 +212,8 @@ def _fixed_settings(config: PipelineConfig) -> dict[str, Any]:
 def _reference_setting(tune: _Tune) -> tuple[str, int]:
     """The configured normalization (``auto`` resolved) and clusters per batch; sets ``num_parts``."""
     features = tune.normalize(tune.snapshot, tune.config)
-    graph = ClusterGraph.open(tune.partition.path, tune.layout(tune.partition, tune.snapshot, features, tune.config).path)
+    graph = ClusterGraph.open(output_at(tune.partition.path),
+                              output_at(tune.layout(tune.partition, tune.snapshot, features, tune.config).path))
     try:
         tune.num_parts = graph.num_parts
         return features.method, resolve_clusters_per_batch(graph, tune.config.train)
