@@ -150,11 +150,14 @@ def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
     graph = load_cluster_graph(nd)
     q = resolve_clusters_per_batch(graph, cfg.train)
     batches = epoch_batches(graph.num_parts, q, np.random.default_rng(0))
+    from tasks.train.model import ModelSpec
+
+    norm = ModelSpec.from_config(cfg.train, graph.num_features, 1).adjacency  # the model's batch adjacency
     nodes = edges = 0
     if p.get("workers"):  # the worker processes a GPU run uses (train.loader_workers)
         from tasks.train.loaders import WorkerLoader
 
-        loader = WorkerLoader(nd, cfg.train.model, int(p["workers"]), cfg.train.prefetch)
+        loader = WorkerLoader(nd, norm, int(p["workers"]), cfg.train.prefetch)
         try:
             for _ in loader.epoch(batches[: 2 * int(p["workers"])]):  # start the processes, not timed
                 pass
@@ -168,7 +171,7 @@ def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
     else:
         t0 = time.perf_counter()
         for clusters in batches:
-            b = build_batch(graph, clusters, cfg.train.model)
+            b = build_batch(graph, clusters, norm)
             graph.release()
             nodes += len(b.nodes)
             edges += b.num_edges

@@ -62,7 +62,7 @@ def _single_process_reference(nd, tc, world_size: int) -> dict[str, torch.Tensor
     for step in zip(*shares):
         grads = [torch.zeros_like(p) for p in model.parameters()]
         for clusters in step:
-            batch = build_batch(graph, clusters, spec.kind)
+            batch = build_batch(graph, clusters, spec.adjacency)
             model.zero_grad(set_to_none=True)
             out = model(batch.x, batch.adj)[batch.train_mask]
             n = int(batch.train_mask.sum())
