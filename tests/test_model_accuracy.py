@@ -8,8 +8,8 @@ from storage.store import Store
 from tasks.config import DataConfig, PipelineConfig
 from tasks.evaluate.evaluate import evaluate_model
 from tasks.prepare import prepare_graph
-from tasks.train.loop import train_cluster_gcn
 from tests.conftest import dataset
+from tests.helpers import train as train_cluster_gcn
 
 pytestmark = pytest.mark.slow
 
