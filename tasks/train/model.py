@@ -37,8 +37,6 @@ rarely sparse). ``gat`` densifies sparse input (per batch or block) before its l
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -54,7 +52,7 @@ from torch_geometric.utils import scatter
 
 from storage.checkpoints import MODEL as CHECKPOINT_MODEL
 from storage.checkpoints import Checkpoints
-from tasks.errors import InputError, UnsafeFileError
+from tasks.errors import InputError
 from tasks.normalize.transform import normalize_rows
 from tasks.train.batching import AdjacencyNorm, edge_weights
 
@@ -412,15 +410,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     the MLflow artifact store (a champion's weights) are never trusted to run code.
 
     Raises :class:`~tasks.errors.UnsafeFileError` (one line) for a file holding anything else."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        reason = f"it would call {found.group(1)}" if found else "it holds objects other than tensors and plain data"
-        raise UnsafeFileError(
-            f"{path}: refused to load this checkpoint: {reason} (checkpoints may only hold tensors, numbers, "
-            "strings, lists and dicts; nothing else is ever unpickled, so a tampered file cannot run code)"
-        ) from None
+    from storage.checkpoints import load_torch_bytes
+
+    return load_torch_bytes(Path(path).read_bytes(), str(path))
 
 
 def plain_checkpoint(obj: Any) -> Any:
