@@ -193,3 +193,27 @@ def test_changed_partition_settings_run_full_metis(store):
     src2, dst2, n1 = grow(src, dst, n0, 12, local=True)
     ref = partition_graph(snapshot(store, src2, dst2, n1), PartitionConfig(num_parts=BLOCKS, seed=3), store)
     assert ref.mode == "full" and "settings changed" in ref.reason and "seed" in ref.reason
+
+
+def test_reporting_tags_and_markdown_say_which_mode_and_why(store):
+    from flows.stages import partition_markdown, partition_tags
+    from tasks.partition.partition import partition_lineage
+
+    src, dst = communities()
+    n0 = BLOCKS * BLOCK
+    first = partition_graph(snapshot(store, src, dst, n0), config(), store)
+    src2, dst2, n1 = grow(src, dst, n0, 12, local=True)
+    ref = partition_graph(snapshot(store, src2, dst2, n1), config(), store)
+    tags = partition_tags(ref)
+    counts = store.open(ref.path).manifest()["counts"]
+    assert tags["graphpipe.partition_mode"] == "refreshed"
+    assert "12 new nodes placed" in tags["graphpipe.partition_reason"]
+    assert float(tags["graphpipe.partition_edge_cut_fraction"]) == pytest.approx(counts["edge_cut_fraction"], abs=1e-6)
+    base = store.open(first.path).manifest()["counts"]["edge_cut_fraction"]
+    assert float(tags["graphpipe.partition_base_edge_cut_fraction"]) == pytest.approx(base, abs=1e-6)
+    assert tags["graphpipe.partition_refreshes"] == "1"
+    line = partition_markdown(partition_lineage(ref), ref)
+    assert "**refreshed**" in line and "12 new nodes placed" in line and "last full METIS run" in line
+    first_tags = partition_tags(first)
+    assert first_tags["graphpipe.partition_mode"] == "full"
+    assert "no previous partition" in partition_markdown(partition_lineage(first), first)

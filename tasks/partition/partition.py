@@ -135,6 +135,17 @@ def partition_graph(snapshot: SnapshotRef, config: PartitionConfig, store: Store
     return ref
 
 
+def partition_lineage(ref: PartitionRef) -> dict[str, Any]:
+    """How partition ``ref`` was made: ``mode`` (``full``|``refreshed``), ``reason``, its
+    ``edge_cut_fraction``/``imbalance``, those of the full METIS run it descends from
+    (``base_*``) and the ``refreshes`` since that run (from its manifest)."""
+    out = output_at(ref.path)
+    manifest = out.manifest()
+    counts = manifest.get("counts", {})
+    return {"edge_cut_fraction": counts.get("edge_cut_fraction"), "imbalance": counts.get("balance"),
+            **lineage_of(manifest)}
+
+
 def _reuse(out: Output) -> PartitionRef:
     """The reference of an existing partition output (a cache hit)."""
     manifest = out.manifest()
