@@ -9,11 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from storage.atomic import publish_dir
 from storage.fingerprint import fingerprint_value
 from storage.latest import latest
 from storage.snapshot import GraphTables, write_snapshot
-from storage.store import SnapshotRef, Store, make_manifest, write_manifest
+from storage.store import SnapshotRef, Store
 from tasks.config import PartitionConfig
 from tasks.partition.partition import partition_graph
 
@@ -35,12 +34,11 @@ def snapshot(store: Store, src, dst, num_nodes: int, ids=None) -> SnapshotRef:
     ids = pa.array(np.arange(num_nodes) if ids is None else ids)
     labels, split = np.full(num_nodes, -1, np.int64), np.zeros(num_nodes, np.int8)
     fp = fingerprint_value(src, dst, ids.to_numpy(zero_copy_only=False), num_nodes)
-    final = store.snapshot_dir("g", fp)
-    with publish_dir(final) as tmp:
-        files = write_snapshot(tmp, GraphTables(src, dst, ids, labels, split, None))
-        counts = {"num_nodes": num_nodes, "num_edges": len(src)}
-        write_manifest(tmp, make_manifest("snapshot", fp, params={}, inputs={}, counts=counts, files=files))
-    return SnapshotRef(path=str(final), name="g", fingerprint=fp)
+    out = store.output("g", "snapshot", fp)
+    with store.publish(out, params={}, inputs={}) as w:
+        write_snapshot(w, GraphTables(src, dst, ids, labels, split, None))
+        w.counts.update(num_nodes=num_nodes, num_edges=len(src))
+    return SnapshotRef(path=out.location, name="g", fingerprint=fp)
 
 
 def communities(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -217,3 +215,16 @@ def test_reporting_tags_and_markdown_say_which_mode_and_why(store):
     first_tags = partition_tags(first)
     assert first_tags["graphpipe.partition_mode"] == "full"
     assert "no previous partition" in partition_markdown(partition_lineage(first), first)
+
+
+def test_refresh_on_a_bucket_store(s3_env, tmp_path):
+    """The pointer and the previous partition are found through the store on object storage too."""
+    store = Store(f"s3://{s3_env}/stores/refresh", cache_dir=tmp_path / "cache")
+    src, dst = communities()
+    n0 = BLOCKS * BLOCK
+    first = partition_graph(snapshot(store, src, dst, n0), config(), store)
+    src2, dst2, n1 = grow(src, dst, n0, 12, local=True)
+    ref = partition_graph(snapshot(store, src2, dst2, n1), config(), store)
+    assert first.path.startswith("s3://") and ref.mode == "refreshed"
+    assert np.array_equal(arrays(store, ref)["assignment"][:n0], arrays(store, first)["assignment"])
+    assert latest(store, "g", "partition").location == ref.path
