@@ -146,10 +146,9 @@ def partition(snapshot: SnapshotRef, config: PartitionConfig, store: Store) -> P
 def partition_markdown(lineage: dict[str, Any], ref: PartitionRef) -> str:
     """One line saying whether the partition was refreshed or made by a full METIS run, why, and
     its edge cut against the METIS run it descends from."""
-    cut, base = lineage.get("edge_cut_fraction"), lineage.get("base_edge_cut_fraction")
+    cut, imbalance = lineage.get("edge_cut_fraction"), lineage.get("imbalance")
     figures = f"edge cut {100 * cut:.2f}%" if cut is not None else "edge cut unknown"
-    if lineage["mode"] == "refreshed" and base is not None:
-        figures += f" (last full METIS run {100 * base:.2f}%, refresh {lineage.get('refreshes', 0)} since)"
+    figures += f", size imbalance {imbalance:.3f}" if imbalance is not None else ""
     cached = " (cached)" if ref.reused else ""
     why = f": {lineage['reason']}" if lineage.get("reason") else ""
     return f"**Partition** {ref.fingerprint}{cached}: **{lineage['mode']}**{why}; {ref.num_parts} parts, {figures}."
