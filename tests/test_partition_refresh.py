@@ -228,3 +228,21 @@ def test_refresh_on_a_bucket_store(s3_env, tmp_path):
     assert first.path.startswith("s3://") and ref.mode == "refreshed"
     assert np.array_equal(arrays(store, ref)["assignment"][:n0], arrays(store, first)["assignment"])
     assert latest(store, "g", "partition").location == ref.path
+
+
+def test_a_lost_previous_partition_or_a_bad_pointer_means_full_metis(store):
+    from storage.latest import set_latest
+
+    src, dst = communities()
+    n0 = BLOCKS * BLOCK
+    first = partition_graph(snapshot(store, src, dst, n0), config(), store)
+    store.open(first.path).discard()
+    assert latest(store, "g", "partition") is None
+    src2, dst2, n1 = grow(src, dst, n0, 12, local=True)
+    grown = snapshot(store, src2, dst2, n1)
+    ref = partition_graph(grown, config(), store)
+    assert ref.mode == "full" and "no previous partition" in ref.reason
+    store.put_object("g", "LATEST_PARTITION.json", data=b"not json")
+    assert latest(store, "g", "partition") is None
+    set_latest(store, store.open(ref.path))
+    assert latest(store, "g", "partition").key == ref.fingerprint
