@@ -131,8 +131,27 @@ def normalize(snapshot: SnapshotRef, config: NormalizeConfig, store: Store) -> F
 
 @reusable_stage(name="partition", **_retrying)
 def partition(snapshot: SnapshotRef, config: PartitionConfig, store: Store) -> PartitionRef:
-    """METIS k-way partition, nodes permuted so clusters are contiguous."""
-    return partition_mod.partition_graph(snapshot, config, store)
+    """METIS k-way partition (or a refresh of the previous one), nodes permuted so clusters are
+    contiguous; a markdown artifact says which happened and why."""
+    ref = partition_mod.partition_graph(snapshot, config, store)
+    lineage = partition_mod.partition_lineage(ref)
+    create_markdown_artifact(
+        key=("graphpipe-partition-" + re.sub(r"[^a-z0-9-]+", "-", snapshot.name.lower()))[:100],
+        markdown=partition_markdown(lineage, ref),
+        description=f"partition of {snapshot.name}: {lineage['mode']}",
+    )
+    return ref
+
+
+def partition_markdown(lineage: dict[str, Any], ref: PartitionRef) -> str:
+    """One line saying whether the partition was refreshed or made by a full METIS run, why, and
+    its edge cut against the METIS run it descends from."""
+    cut, imbalance = lineage.get("edge_cut_fraction"), lineage.get("imbalance")
+    figures = f"edge cut {100 * cut:.2f}%" if cut is not None else "edge cut unknown"
+    figures += f", size imbalance {imbalance:.3f}" if imbalance is not None else ""
+    cached = " (cached)" if ref.reused else ""
+    why = f": {lineage['reason']}" if lineage.get("reason") else ""
+    return f"**Partition** {ref.fingerprint}{cached}: **{lineage['mode']}**{why}; {ref.num_parts} parts, {figures}."
 
 
 @reusable_stage(name="layout-node-data", **_retrying)
@@ -348,6 +367,20 @@ def lineage_tags(snapshot: SnapshotRef, features: FeaturesRef, partition: Partit
         "graphpipe.normalization": features.method,
         "graphpipe.partition_fingerprint": partition.fingerprint,
         "graphpipe.num_parts": str(partition.num_parts),
+        **partition_tags(partition),
         "graphpipe.node_data_fingerprint": node_data.fingerprint,
         "graphpipe.code_version": str(manifest.get("code_version", "")),
+    }
+
+
+def partition_tags(partition: PartitionRef) -> dict[str, str]:
+    """MLflow tags of how the partition was made: mode (``refreshed``|``full``), the reason, its
+    edge-cut fraction and the last full METIS run's, the refreshes since that run."""
+    lineage = partition_mod.partition_lineage(partition)
+    return {
+        "graphpipe.partition_mode": str(lineage["mode"]),
+        "graphpipe.partition_reason": str(lineage.get("reason", ""))[:5000],
+        "graphpipe.partition_edge_cut_fraction": f"{float(lineage.get('edge_cut_fraction') or 0.0):.6f}",
+        "graphpipe.partition_base_edge_cut_fraction": f"{float(lineage.get('base_edge_cut_fraction') or 0.0):.6f}",
+        "graphpipe.partition_refreshes": str(lineage.get("refreshes", 0)),
     }

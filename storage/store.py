@@ -72,12 +72,14 @@ class FeaturesRef:
 
 @dataclass(frozen=True)
 class PartitionRef:
-    """A METIS partition with its permuted graph and node data."""
+    """A partition (METIS, or a refresh of the previous one) with its permuted graph."""
 
     path: str
     fingerprint: str
     num_parts: int
     reused: bool = field(default=False, compare=False)
+    mode: str = field(default="full", compare=False)  # "full" (METIS) or "refreshed" (tasks/partition/refresh.py)
+    reason: str = field(default="", compare=False)  # why this mode
 
 
 @dataclass(frozen=True)

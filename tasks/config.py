@@ -152,6 +152,16 @@ class PartitionConfig(_Section):
     num_parts: int | Literal["auto"] = "auto"
     target_cluster_size: int = Field(default=200, ge=1)
     seed: int = 0
+    # partition refresh (tasks/partition/refresh.py): when the snapshot extends the graph's last
+    # partitioned snapshot, keep the old clusters and place the new nodes (cluster size cap:
+    # refresh_cap x the previous largest cluster); full METIS after max_refreshes refreshes, or when
+    # the edge-cut fraction grows by more than max_cut_increase (relative) over the last full
+    # run's, or the size imbalance (largest / mean) passes max_imbalance; refresh=false: always METIS
+    refresh: bool = True
+    refresh_cap: float = Field(default=1.1, ge=1)
+    max_refreshes: int = Field(default=7, ge=0)
+    max_cut_increase: float = Field(default=0.05, ge=0)
+    max_imbalance: float = Field(default=1.5, ge=1)
 
 
 class TrainConfig(_Section):
