@@ -7,6 +7,7 @@
     graphpipe ingest    (same input flags as run)
     graphpipe partition --store DIR --name NAME [--set ...]
     graphpipe train     --store DIR --name NAME [--set ...]
+    graphpipe score     --store DIR --name NAME [--set score.model=3 ...]
     graphpipe tune      (same input flags as run, or none: the current snapshot) [--trials N] [--timeout S]
     graphpipe generate  --out DIR [--nodes N ...]
     graphpipe demo      [--nodes 50000] [--store graphpipe-demo]
@@ -199,6 +200,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score the current snapshot with the champion (or ``score.model``); report the drift."""
+    cfg = _checked_snapshot(args)
+    check_tracking_server(cfg)
+    server = _start_prefect(args)
+    from flows.score import graph_score
+
+    server.wait()
+    out = graph_score(cfg)["scores"]
+    drift = out["drift"]
+    print(f"scores ({out['model']}): {out['path']}")
+    if "drift_changed_share" in drift:
+        print(f"drift: {100 * drift['drift_changed_share']:.2f}% of common nodes changed class"
+              + (" (ALERT)" if drift["alert"] else ""))
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """Search hyper-parameters on the graph (ingesting it first when --edges is given)."""
     if args.trials is not None:
@@ -300,6 +318,7 @@ def parser() -> argparse.ArgumentParser:
         ("ingest", cmd_ingest, True, "ingest edge lists and a node table into a snapshot"),
         ("partition", cmd_partition, False, "normalize and partition the current snapshot"),
         ("train", cmd_train, False, "train, evaluate and track on the current snapshot"),
+        ("score", cmd_score, False, "score the current snapshot with the champion; drift since the last scoring"),
     ):
         sp = sub.add_parser(name, help=help_)
         _add_common(sp, inputs=inputs)
@@ -329,7 +348,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if argv is None and args.command in ("run", "ingest", "partition", "train", "demo"):
+    if argv is None and args.command in ("run", "ingest", "partition", "train", "score", "demo"):
         from flows.reaper import reap_children_on_exit
 
         reap_children_on_exit()  # no process this command starts outlives it, even after a SIGKILL
