@@ -108,11 +108,24 @@ def _print_summary(summary: dict[str, Any]) -> None:
         for s in health["suggestions"]:
             print(f"    try: {s}")
     print(f"  predictions: {summary['predictions']}")
+    if summary.get("scores"):
+        _print_scores(summary["scores"])
     print(f"MLflow: run {ml['run_id']} in {redact_uri(ml['tracking_uri'])}")
     if ml.get("model_version"):
         state = "now champion" if ml["champion"] else "champion unchanged"
         print(f"  registered model {ml['model']} version {ml['model_version']} ({state})")
     print(f"  to look at it: {ml['ui']}")
+
+
+def _print_scores(scores: dict[str, Any]) -> None:
+    """The scoring's lines: where the scores are, and the drift since the previous scoring."""
+    print(f"  scores ({scores['model']}): {scores['path']}")
+    drift = scores["drift"]
+    if "drift_changed_share" in drift:
+        print(f"  drift since the previous scoring: {100 * drift['drift_changed_share']:.2f}% of "
+              f"{int(drift['drift_common_nodes']):,} nodes changed class" + ("  ALERT" if drift["alert"] else ""))
+    else:
+        print("  drift: first scoring of this graph, nothing to compare with")
 
 
 def _start_prefect(args: argparse.Namespace):
@@ -208,12 +221,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from flows.score import graph_score
 
     server.wait()
-    out = graph_score(cfg)["scores"]
-    drift = out["drift"]
-    print(f"scores ({out['model']}): {out['path']}")
-    if "drift_changed_share" in drift:
-        print(f"drift: {100 * drift['drift_changed_share']:.2f}% of common nodes changed class"
-              + (" (ALERT)" if drift["alert"] else ""))
+    print(f"graph {cfg.data.name}:")
+    _print_scores(graph_score(cfg)["scores"])
     return 0
 
 

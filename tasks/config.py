@@ -279,6 +279,12 @@ class ScoreConfig(_Section):
     embeddings: bool = False
     drift_alert: float = Field(default=0.1, ge=0, le=1)
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _version_as_text(cls, v: Any) -> Any:
+        """``--set score.model=3`` arrives as a number: a registered version, kept as text."""
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
 
 class PipelineConfig(_Section):
     store: str = "graphpipe-store"

@@ -161,3 +161,27 @@ def test_drift_report_logs_metrics_and_the_alert_tag(graph, prefect_harness, tmp
     out = night(ra, 0.0, refs[2])  # first scoring: nothing to compare, no alert
     assert out == {"alert": False}
     assert "drift_changed" not in client.get_run(refs[2].run_id).data.metrics
+
+
+def test_score_flow_scores_the_current_snapshot_without_training(graph, prefect_harness):
+    """``graph-score`` (what ``graphpipe score`` runs) reuses the cached data stages and scores with
+    ``score.model`` (a checkpoint here; the champion by default), then moves the pointer."""
+    from flows.score import graph_score
+
+    cfg, prepared, a, _ = graph
+    store = Store(cfg.store)
+    store.delete_object(cfg.data.name, "SCORES_LATEST.json")
+    out = graph_score(cfg, overrides={"score.model": a.checkpoint_dir, "score.top_k": 4})["scores"]
+    assert out["drift"] == {"alert": False}  # first scoring
+    table = pq.read_table(out["path"])
+    assert table.num_rows == 900 and pc.all(pc.equal(pc.list_value_length(table["top_k_classes"]), 4)).as_py()
+    assert latest(store, cfg.data.name).path in out["path"]
+    again = graph_score(cfg, overrides={"score.model": a.checkpoint_dir, "score.top_k": 4})["scores"]
+    assert again["reused"] and again["drift"]["drift_changed"] == 0
+
+
+def test_score_config_takes_a_version_number_as_text():
+    assert load_config(None, ["score.model=3"]).score.model == "3"
+    assert load_config(None, []).score.model is None
+    with pytest.raises(InputError):
+        load_config(None, ["score.top_k=0"])
