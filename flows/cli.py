@@ -7,6 +7,7 @@
     graphpipe ingest    (same input flags as run)
     graphpipe partition --store DIR --name NAME [--set ...]
     graphpipe train     --store DIR --name NAME [--set ...]
+    graphpipe score     --store DIR --name NAME [--set score.model=3 ...]
     graphpipe tune      (same input flags as run, or none: the current snapshot) [--trials N] [--timeout S]
     graphpipe generate  --out DIR [--nodes N ...]
     graphpipe demo      [--nodes 50000] [--store graphpipe-demo]
@@ -107,11 +108,24 @@ def _print_summary(summary: dict[str, Any]) -> None:
         for s in health["suggestions"]:
             print(f"    try: {s}")
     print(f"  predictions: {summary['predictions']}")
+    if summary.get("scores"):
+        _print_scores(summary["scores"])
     print(f"MLflow: run {ml['run_id']} in {redact_uri(ml['tracking_uri'])}")
     if ml.get("model_version"):
         state = "now champion" if ml["champion"] else "champion unchanged"
         print(f"  registered model {ml['model']} version {ml['model_version']} ({state})")
     print(f"  to look at it: {ml['ui']}")
+
+
+def _print_scores(scores: dict[str, Any]) -> None:
+    """The scoring's lines: where the scores are, and the drift since the previous scoring."""
+    print(f"  scores ({scores['model']}): {scores['path']}")
+    drift = scores["drift"]
+    if "drift_changed_share" in drift:
+        print(f"  drift since the previous scoring: {100 * drift['drift_changed_share']:.2f}% of "
+              f"{int(drift['drift_common_nodes']):,} nodes changed class" + ("  ALERT" if drift["alert"] else ""))
+    else:
+        print("  drift: first scoring of this graph, nothing to compare with")
 
 
 def _start_prefect(args: argparse.Namespace):
@@ -196,6 +210,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     server.wait()
     _print_summary(train_flow(cfg))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score the current snapshot with the champion (or ``score.model``); report the drift."""
+    cfg = _checked_snapshot(args)
+    check_tracking_server(cfg)
+    server = _start_prefect(args)
+    from flows.score import graph_score
+
+    server.wait()
+    print(f"graph {cfg.data.name}:")
+    _print_scores(graph_score(cfg)["scores"])
     return 0
 
 
@@ -300,6 +327,7 @@ def parser() -> argparse.ArgumentParser:
         ("ingest", cmd_ingest, True, "ingest edge lists and a node table into a snapshot"),
         ("partition", cmd_partition, False, "normalize and partition the current snapshot"),
         ("train", cmd_train, False, "train, evaluate and track on the current snapshot"),
+        ("score", cmd_score, False, "score the current snapshot with the champion; drift since the last scoring"),
     ):
         sp = sub.add_parser(name, help=help_)
         _add_common(sp, inputs=inputs)
@@ -329,7 +357,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if argv is None and args.command in ("run", "ingest", "partition", "train", "demo"):
+    if argv is None and args.command in ("run", "ingest", "partition", "train", "score", "demo"):
         from flows.reaper import reap_children_on_exit
 
         reap_children_on_exit()  # no process this command starts outlives it, even after a SIGKILL

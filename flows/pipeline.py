@@ -109,6 +109,10 @@ def _train_and_track(cfg: PipelineConfig, store: Store, snapshot, train_on: str 
         },
         **quality.summary(base, health),
     }
+    if cfg.score.enabled:  # tonight's snapshot scored with the (possibly new) champion; drift vs the last scoring
+        from flows.score import score_and_drift
+
+        summary["scores"] = score_and_drift(cfg, store, snapshot, node_data, run)
     m = evaluation.metrics
     get_run_logger().info(
         "%s: train_acc %.4f, val_acc %.4f, test_acc %.4f (test macro-F1 %.4f); MLflow run %s",

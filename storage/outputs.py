@@ -58,6 +58,7 @@ KINDS = {
     "partition": "partitions",
     "node_data": "node_data",
     "evaluation": "evaluation",
+    "scores": "scores",
 }
 
 _SUFFIX = {"array": ".npy", "table": ".parquet", "json": ".json"}

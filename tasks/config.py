@@ -273,6 +273,29 @@ class TuneConfig(_Section):
     min_improvement: float = Field(default=0.01, ge=0, le=1)
 
 
+class ScoreConfig(_Section):
+    """Scoring every node of the current snapshot with a model (``graphpipe score``, the
+    ``graph-score`` flow, and the pipeline after promotion) and the drift since the previous
+    scoring. ``model``: ``None`` = the graph's registered champion; a registered version number
+    (``"3"``) of the graph's model; or a checkpoint file (a ``model.pt`` record) / checkpoint set
+    directory. ``top_k``: classes and probabilities kept per node; ``embeddings``: also store the
+    last hidden layer; ``drift_alert``: share of changed predictions above which the MLflow run
+    is tagged ``graphpipe.drift_alert=true`` and the artifact says ALERT. ``enabled: false`` skips
+    the scoring in the pipeline."""
+
+    enabled: bool = True
+    model: str | None = None
+    top_k: int = Field(default=3, ge=1)
+    embeddings: bool = False
+    drift_alert: float = Field(default=0.1, ge=0, le=1)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _version_as_text(cls, v: Any) -> Any:
+        """``--set score.model=3`` arrives as a number: a registered version, kept as text."""
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 class PipelineConfig(_Section):
     store: str = "graphpipe-store"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -283,6 +306,7 @@ class PipelineConfig(_Section):
     track: TrackConfig = Field(default_factory=TrackConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
     progress: bool = False  # show the stages' progress (the graphpipe.progress logger); --progress wins
     # how long a run waits for another run of the same graph to release the store's lock
     lock_timeout_seconds: float = Field(default=600.0, ge=0)

@@ -88,6 +88,10 @@ def test_cora_pipeline_under_prefect_is_tracked_in_mlflow(prefect_harness, tmp_p
     assert again["snapshot"] == result["snapshot"]
     assert again["partition"] == result["partition"]
     assert again["mlflow"]["run_id"] != ml["run_id"]
+    # each run scored the snapshot with the champion; the second one reports drift against the first
+    assert pq.read_table(result["scores"]["path"]).num_rows == 2708
+    assert again["scores"]["drift"]["drift_common_nodes"] == 2708
+    assert "drift_changed_share" in client.get_run(again["mlflow"]["run_id"]).data.metrics
 
 
 def test_citeseer_reaches_reference_accuracy(prefect_harness, tmp_path):

@@ -1,0 +1,163 @@
+"""The scoring stage: a trained model scores every node of a snapshot's node data by exact
+full-graph inference (:mod:`tasks.evaluate.inference`) into a versioned ``scores`` output
+(:mod:`storage.scores`): per node the predicted class, its confidence, the ``top_k`` classes with
+their probabilities and, optionally, the embedding (the last layer's input).
+
+Which model (the champion, a registered version, a checkpoint) is resolved by the flow
+(:mod:`flows.score`); this stage gets a local weights file or checkpoint set. The output's key
+covers the weights' bytes, the node data and the settings, so scoring the same snapshot with the
+same model again is a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from storage.arrays import ClusterGraph
+from storage.fingerprint import fingerprint_value
+from storage.scores import ScoresRef, latest, read_scores, write_scores
+from storage.snapshot import read_node_ids
+from storage.store import NodeDataRef, SnapshotRef, Store, output_at
+from tasks.config import ScoreConfig
+from tasks.evaluate.inference import iter_full_graph
+from tasks.score.drift import Drift, compute_drift
+from tasks.train.model import GNN, ModelSpec, load_checkpoint, load_trained, resolve_device
+
+log = logging.getLogger(__name__)
+
+SCORES_VERSION = 1  # bump when scoring the same model on the same data changes
+
+
+def load_scoring_model(weights: str) -> tuple[GNN, str]:
+    """``(model in eval mode, digest of its weights)`` from ``weights``: a checkpoint file (a
+    finished run's ``model.pt`` record, as the champion's weights are downloaded) or a checkpoint
+    set directory (``TrainResult.checkpoint_dir``). Only tensors and plain data are unpickled."""
+    path = Path(weights)
+    if path.is_dir():
+        model, saved = load_trained(path)
+        digest = fingerprint_value("checkpoint-set", saved.get("spec"), saved.get("best_epoch"),
+                                   hashlib.sha256(b"".join(t.numpy().tobytes() for t in
+                                                           model.state_dict().values())).hexdigest())
+        return model, digest
+    saved = load_checkpoint(path)
+    model = GNN(ModelSpec(**saved["spec"]))
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def scores_key(weights_digest: str, node_data: NodeDataRef, config: ScoreConfig) -> str:
+    """The scores output's key: the weights, the node data and the settings that shape the table."""
+    return fingerprint_value("scores", SCORES_VERSION, weights_digest, node_data.fingerprint,
+                             {"top_k": config.top_k, "embeddings": config.embeddings})
+
+
+def _infer(model: GNN, graph: ClusterGraph, k: int, embeddings: bool, scratch: Path | None) -> dict[str, np.ndarray]:
+    """Per node (partition order): prediction, confidence, top-k classes and probabilities and,
+    with ``embeddings``, the last layer's input."""
+    n = graph.num_nodes
+    got: dict[str, np.ndarray] = {}
+    for blk in iter_full_graph(model.to(resolve_device("auto")), graph, resolve_device("auto"), scratch_dir=scratch):
+        probs = torch.softmax(torch.from_numpy(np.asarray(blk.logits, dtype=np.float32)), dim=1)
+        kk = min(k, probs.shape[1])
+        if not got:
+            got["top_p"] = np.empty((n, kk), dtype=np.float32)
+            got["top_c"] = np.empty((n, kk), dtype=np.int32)
+            if embeddings:
+                got["emb"] = np.empty((n, blk.hidden.shape[1]), dtype=np.float32)
+        p, c = probs.topk(kk, dim=1)  # sorted, most probable first
+        got["top_p"][blk.start:blk.stop], got["top_c"][blk.start:blk.stop] = p.numpy(), c.numpy()
+        if embeddings:
+            got["emb"][blk.start:blk.stop] = np.asarray(blk.hidden, dtype=np.float32)
+    return got
+
+
+def _table(node_ids: pa.Array, got: dict[str, np.ndarray], order: np.ndarray) -> pa.Table:
+    """The scores table in the snapshot's node order (``order``: snapshot position -> partition row)."""
+    top_p, top_c = got["top_p"][order], got["top_c"][order]
+    kk = top_p.shape[1]
+    offsets = pa.array(np.arange(0, len(order) * kk + 1, kk, dtype=np.int32))
+    cols = {
+        "node_id": node_ids,
+        "prediction": pa.array(top_c[:, 0].copy()),
+        "confidence": pa.array(top_p[:, 0].copy()),
+        "top_k_classes": pa.ListArray.from_arrays(offsets, pa.array(top_c.ravel())),
+        "top_k_probs": pa.ListArray.from_arrays(offsets, pa.array(top_p.ravel())),
+    }
+    if "emb" in got:
+        emb = got["emb"][order]
+        cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1])
+    return pa.table(cols)
+
+
+def score_nodes(node_data: NodeDataRef, snapshot: SnapshotRef, config: ScoreConfig, store: Store, *,
+                weights: str, model_label: str) -> ScoresRef:
+    """Score every node of ``snapshot`` (laid out as ``node_data``) with the model in ``weights``
+    and publish the ``scores`` output (:mod:`storage.scores`).
+
+    Args:
+        node_data: the snapshot's node data (features in partition order).
+        snapshot: the snapshot, for the user's node ids and its edge count.
+        config: the ``score`` section (``top_k``, ``embeddings``).
+        store: the store receiving the output.
+        weights: a checkpoint file or checkpoint set directory (:func:`load_scoring_model`).
+        model_label: what the model is, for the pointer and messages (``champion v3``).
+
+    Caveats: the model must have been trained on features of this width (a clear error
+    otherwise); the "latest" pointer is not moved here (:func:`tasks.score.score.drift_since_latest`
+    then :func:`storage.scores.set_latest`), so drift can be computed against the previous one.
+    """
+    model, digest = load_scoring_model(weights)
+    key = scores_key(digest, node_data, config)
+    out = store.output(snapshot.name, "scores", key)
+    edges = int(output_at(snapshot.path).manifest().get("counts", {}).get("undirected_edges", 0))
+    ref = dict(path=out.location, graph=snapshot.name, key=key, snapshot=snapshot.fingerprint, edges=edges,
+               model=model_label)
+    if out.reusable("scores"):
+        log.info("score: cache hit %s", out.location)
+        return ScoresRef(**ref, num_nodes=int(out.manifest()["counts"]["num_nodes"]), reused=True)
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
+    _check_width(model, graph, weights)
+    perm = np.array(graph.perm)
+    order = np.empty_like(perm)
+    order[perm] = np.arange(len(perm))
+    params = {"top_k": config.top_k, "embeddings": config.embeddings, "model": model_label}
+    inputs = {"weights": digest, "node_data": node_data.fingerprint, "snapshot": snapshot.fingerprint}
+    with store.publish(out, params=params, inputs=inputs) as w, w.scratch() as scratch:
+        got = _infer(model, graph, config.top_k, config.embeddings, scratch)
+        graph.release()
+        table = _table(read_node_ids(output_at(snapshot.path)), got, order)
+        write_scores(w, table)
+        w.counts["undirected_edges"] = edges
+    log.info("score: %s nodes of %s scored with %s -> %s", f"{table.num_rows:,}", snapshot.name, model_label, out.location)
+    return ScoresRef(**ref, num_nodes=table.num_rows)
+
+
+def _check_width(model: GNN, graph: ClusterGraph, weights: str) -> None:
+    """A one-line error when the model expects another feature width than the graph has."""
+    from tasks.errors import InputError
+
+    want = int(model.spec.in_dim)
+    have = int(graph.x.shape[1])
+    if want != have:
+        raise InputError(f"{weights}: the model expects {want} input features, the graph's node data has {have}; "
+                         "score with a model trained on this graph's features")
+
+
+def drift_since_latest(current: ScoresRef, store: Store) -> tuple[Drift | None, ScoresRef | None]:
+    """``(drift, previous)``: the drift of ``current`` against the graph's latest scoring before
+    it (:func:`tasks.score.drift.compute_drift`), or ``(None, None)`` when there is none. Call it
+    before moving the pointer to ``current``."""
+    previous = latest(store, current.graph)
+    if previous is None:
+        return None, None
+    cols = ["node_id", "prediction"]
+    now = read_scores(store.open(current.path), columns=cols)
+    before = read_scores(store.open(previous.path), columns=cols)
+    return compute_drift(now, before, edges_now=current.edges, edges_before=previous.edges), previous
