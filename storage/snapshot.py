@@ -4,6 +4,9 @@ A snapshot directory holds:
 
 - ``edges.parquet``: ``src``, ``dst`` contiguous node ids of each undirected edge once, with
   ``src < dst``, sorted, no self-loops or duplicates (int32 below 2**31 nodes, else int64).
+  An incremental ingest adds fragments ``edges-00001.parquet``, ``edges-00002.parquet``...: each
+  sorted and canonical in itself, together (the base file, then the fragments in order) holding
+  each edge once; :func:`read_edges` reads them all.
 - ``nodes.parquet``: one row per node in contiguous-id order: ``node_id`` (the user's id, integer
   or string), ``label`` (int32, -1 = unlabeled), ``split`` (int8: 0 none, 1 train, 2 val, 3 test).
 - ``features.parquet`` (absent for a featureless graph): dense as one ``x`` column of
@@ -31,6 +34,8 @@ SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2, 3
 SPLIT_NAMES = {SPLIT_TRAIN: "train", SPLIT_VAL: "val", SPLIT_TEST: "test"}
 
 EDGES, NODES, FEATURES = "edges.parquet", "nodes.parquet", "features.parquet"
+_FRAGMENT = "edges-{:05d}.parquet"  # edges appended by an incremental ingest
+_FRAGMENT_PATTERN = "edges-[0-9][0-9][0-9][0-9][0-9].parquet"
 
 if TYPE_CHECKING:
     from storage.outputs import Output, Writer
@@ -65,16 +70,36 @@ def id_dtype(num_nodes: int) -> np.dtype:
     return np.dtype(np.int32) if num_nodes < 2**31 - 1 else np.dtype(np.int64)
 
 
-def write_snapshot(writer: Writer | str | os.PathLike, tables: GraphTables) -> list[str]:
+def edge_files(directory: Where) -> list[str]:
+    """The snapshot's edge files in order: the base file, then the appended fragments."""
+    d = _dir(directory)
+    return [EDGES, *sorted(p.name for p in d.glob(_FRAGMENT_PATTERN))]
+
+
+def write_snapshot(writer: Writer | str | os.PathLike, tables: GraphTables, base: Where | None = None) -> list[str]:
     """Write the tables into the output being published by ``writer`` (the files are recorded
-    for its manifest) or into a plain directory (tests); returns the file names written."""
+    for its manifest) or into a plain directory (tests); returns the file names written.
+
+    Args:
+        writer: the output being published, or a directory.
+        tables: the snapshot's content; with ``base``, ``tables.src``/``tables.dst`` are only the
+            edges appended to the base snapshot's (none of them among the base's edges).
+        base: the snapshot this one grows (an incremental ingest): its edge files are hard-linked
+            (copied across file systems; on a remote store from this machine's verified cache)
+            and ``tables``' edges become one new fragment after them (none when there are none).
+            The nodes and features are written whole from ``tables``.
+    """
     d = writer.dir if hasattr(writer, "add_files") else Path(writer)
     dtype = id_dtype(tables.num_nodes)
-    pq.write_table(  # dictionary encoding only costs time on (nearly) unique integer ids
-        pa.table({"src": tables.src.astype(dtype, copy=False), "dst": tables.dst.astype(dtype, copy=False)}),
-        d / EDGES,
-        use_dictionary=False,
-    )
+    files = _link_edge_files(base, d) if base is not None else []
+    if base is None or len(tables.src):
+        name = _FRAGMENT.format(len(files)) if files else EDGES
+        pq.write_table(  # dictionary encoding only costs time on (nearly) unique integer ids
+            pa.table({"src": tables.src.astype(dtype, copy=False), "dst": tables.dst.astype(dtype, copy=False)}),
+            d / name,
+            use_dictionary=False,
+        )
+        files.append(name)
     pq.write_table(
         pa.table(
             {
@@ -85,13 +110,27 @@ def write_snapshot(writer: Writer | str | os.PathLike, tables: GraphTables) -> l
         ),
         d / NODES,
     )
-    files = [EDGES, NODES]
+    files.append(NODES)
     if tables.features is not None:
         pq.write_table(features_table(tables.features), d / FEATURES)
         files.append(FEATURES)
     if hasattr(writer, "add_files"):
         writer.add_files(files)
     return files
+
+
+def _link_edge_files(base: Where, target: Path) -> list[str]:
+    """Hard-link (else copy) the base snapshot's edge files into ``target``; their names."""
+    import shutil
+
+    source = _dir(base)
+    names = edge_files(source)
+    for name in names:
+        try:
+            os.link(source / name, target / name)
+        except OSError:  # another file system, or links not supported
+            shutil.copyfile(source / name, target / name)
+    return names
 
 
 def features_table(x: Features) -> pa.Table:
@@ -121,12 +160,15 @@ def _list_array(list_type, offsets: pa.Array, values: pa.Array) -> pa.Array:
 
 
 def read_edges(directory: Where) -> tuple[np.ndarray, np.ndarray]:
-    """``(src, dst)`` of the snapshot's canonical undirected edges."""
-    t = pq.read_table(_dir(directory) / EDGES)
-    return (
-        t.column("src").combine_chunks().to_numpy(),
-        t.column("dst").combine_chunks().to_numpy(),
-    )
+    """``(src, dst)`` of the snapshot's canonical undirected edges (every fragment, in order:
+    each edge once with ``src < dst``; sorted within each fragment, not across them)."""
+    d = _dir(directory)
+    parts = [pq.read_table(d / name) for name in edge_files(d)]
+    src = [t.column("src").combine_chunks().to_numpy() for t in parts]
+    dst = [t.column("dst").combine_chunks().to_numpy() for t in parts]
+    if len(parts) == 1:
+        return src[0], dst[0]
+    return np.concatenate(src), np.concatenate(dst)
 
 
 def read_nodes(directory: Where) -> tuple[np.ndarray, np.ndarray]:

@@ -320,9 +320,9 @@ CASES: dict[str, Case] = {
         lambda t: with_edges(t, features=not_sparse_npz(t)), "x.npz", "not a scipy sparse matrix",
         "scipy.sparse.save_npz"),
     # files that are not files
-    "directory given as the edge file": Case(
-        lambda t: {"edges": [directory(t / "dir.csv")]}, "dir.csv", "edge file (data.edges)",
-        "is a directory; expected a file"),
+    "directory without edge files given as the edge file": Case(
+        lambda t: {"edges": [directory(t / "dir.csv")]}, "dir.csv", "directory in data.edges",
+        "holds no edge files (expected names ending in .csv"),
     "missing node table": Case(
         lambda t: with_edges(t, nodes=str(t / "nope.parquet")), "nope.parquet", "node table (data.nodes)", "not found"),
 }

@@ -10,6 +10,8 @@ reader starts with.
 from __future__ import annotations
 
 import csv
+import glob
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,54 @@ from tasks.errors import InputError
 BLOCK_SIZE = 64 << 20
 
 _ROW_MESSAGE = re.compile(r"Row #(\d+): ")
+
+#: The file name endings a directory named in ``data.edges`` is scanned for (``.gz`` of each too).
+EDGE_SUFFIXES = (".csv", ".tsv", ".txt", ".edges", ".el", ".parquet", ".pq")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def is_edge_file_name(name: str) -> bool:
+    """Whether a file name found in a ``data.edges`` directory is an edge file: a known suffix
+    (:data:`EDGE_SUFFIXES`, optionally ``.gz``), not hidden (``.name``: a file being written)."""
+    lower = name.lower().removesuffix(".gz")
+    return not name.startswith(".") and lower.endswith(EDGE_SUFFIXES)
+
+
+def expand_edge_entries(entries: list[str]) -> list[str]:
+    """The edge files ``data.edges`` names, expanded at run time (a nightly run picks up new files).
+
+    Each entry is a file (kept as it is, so a missing one is reported by the reader's checks), a
+    directory (its edge files, :func:`is_edge_file_name`, not recursive) or a glob pattern
+    (``*``, ``?``, ``[...]``, ``**`` recursive; a matched directory is expanded likewise). Each
+    entry's files are sorted by path; a file named twice is kept once, at its first place.
+
+    Raises:
+        InputError: an entry (pattern or directory) that matches no edge file, naming it.
+    """
+    files: list[str] = []
+    for entry in entries:
+        found = _expand_entry(str(entry))
+        if not found:
+            if os.path.isdir(entry):
+                raise InputError(
+                    f"{entry}: the directory in data.edges holds no edge files "
+                    f"(expected names ending in {', '.join(EDGE_SUFFIXES)}, optionally .gz)"
+                )
+            raise InputError(f"{entry}: the pattern in data.edges matches no file")
+        files.extend(found)
+    return list(dict.fromkeys(files))
+
+
+def _expand_entry(entry: str) -> list[str]:
+    if os.path.isdir(entry):
+        return sorted(os.path.join(entry, n) for n in os.listdir(entry)
+                      if is_edge_file_name(n) and os.path.isfile(os.path.join(entry, n)))
+    if not _GLOB_CHARS.search(entry) or os.path.exists(entry):
+        return [entry]  # a plain file name (a missing one is reported by the file checks)
+    found: list[str] = []
+    for match in sorted(glob.glob(entry, recursive=True)):
+        found.extend(_expand_entry(match) if os.path.isdir(match) else [match])
+    return sorted(found)
 
 
 def is_gzip(path: str) -> bool:

@@ -28,11 +28,13 @@ from tasks.config import DataConfig, SplitConfig
 from tasks.errors import InputError
 from tasks.ingest.edges import check_edge_file, edge_format, read_edge_file
 from tasks.ingest.features import check_feature_file, check_finite, column_features, feature_columns_auto, load_feature_file
-from tasks.ingest.files import file_exists, first_true
+from tasks.ingest import incremental
+from tasks.ingest.files import expand_edge_entries, file_exists, first_true
 from tasks.ingest.ids import normalize_ids
 from tasks.ingest.nodes import MASK_COLUMNS, id_column_of, node_table_schema, read_node_table
 from tasks.ingest.splits import (
     Labels,
+    extend_split,
     generate_split,
     given_split,
     label_column_of,
@@ -99,19 +101,49 @@ def ingest_graph(data: DataConfig, split: SplitConfig, store: Store) -> Snapshot
         store.set_current(ref)
         return replace(ref, reused=True)
     start = time.perf_counter()
-    tables, counts, label_names = build_graph(data, split)
+    settings = incremental.settings_of(data, split, INGEST_VERSION)
+    base, tables, counts, info = _build(data, split, store, inputs, settings)
     params = {"data": data.model_dump(mode="json"), "split": split.model_dump(mode="json")}
     with store.publish(out, params=params, inputs=inputs) as w:
-        write_snapshot(w, tables)
+        if base is None:
+            write_snapshot(w, tables)
+        else:
+            write_snapshot(w, tables, base=base.output)
         w.counts.update(counts)
-        w.extra["label_names"] = label_names
+        w.extra.update({"label_names": tables.label_names, "ingest_settings": settings, **info})
     store.set_current(ref)
     log.info(
-        "ingested graph %r: %s nodes, %s edges in %.1f s -> %s",
-        data.name, f"{counts['num_nodes']:,}", f"{counts['undirected_edges']:,}",
+        "ingested graph %r (%s): %s nodes, %s edges in %.1f s -> %s",
+        data.name, info["ingest_mode"], f"{counts['num_nodes']:,}", f"{counts['undirected_edges']:,}",
         time.perf_counter() - start, out.location,
     )
     return ref
+
+
+def _build(data: DataConfig, split: SplitConfig, store: Store, inputs: dict[str, Any], settings: dict[str, Any]
+           ) -> tuple[incremental.Base | None, GraphTables, dict[str, Any], dict[str, Any]]:
+    """``(base or None, tables, counts, manifest ingest fields)``: incremental when the current
+    snapshot can be grown (:func:`tasks.ingest.incremental.plan`), else a full ingest, logging why."""
+    base, reason = incremental.plan(data, split, store, inputs, settings)
+    if base is not None:
+        built = build_incremental(data, split, base)
+        if not isinstance(built, str):
+            tables, counts = built
+            info = {"ingest_mode": "incremental", "ingest_reason": reason, "base_snapshot": base.ref.fingerprint,
+                    "appended_nodes": counts["num_nodes"] - base.counts["num_nodes"],
+                    "appended_edges": counts["undirected_edges"] - base.counts["undirected_edges"]}
+            log.info("incremental ingest of graph %r on snapshot %s: %s; %d new nodes, %d new edges",
+                     data.name, base.ref.fingerprint, reason, info["appended_nodes"], info["appended_edges"])
+            return base, tables, counts, info
+        reason = built
+    if reason != "the graph has no current snapshot":
+        log.warning("full ingest of graph %r: %s", data.name, reason)
+    else:
+        log.info("full ingest of graph %r: %s", data.name, reason)
+    tables, counts, _ = build_graph(data, split)
+    info = {"ingest_mode": "full", "ingest_reason": reason, "base_snapshot": None,
+            "appended_nodes": 0, "appended_edges": 0}
+    return None, tables, counts, info
 
 
 def ingest_counts(ref: SnapshotRef) -> dict[str, Any]:
@@ -131,10 +163,16 @@ def input_files(data: DataConfig) -> dict[str, Any]:
             raise _unreadable(path, what, e) from None
 
     return {
-        "edges": [entry(p, "edge file (data.edges)") for p in data.edges],
+        "edges": [entry(p, "edge file (data.edges)") for p in edge_paths(data)],
         "nodes": entry(data.nodes, "node table (data.nodes)") if data.nodes else None,
         "features": entry(data.features, "feature file (data.features)") if data.features else None,
     }
+
+
+def edge_paths(data: DataConfig) -> list[str]:
+    """The edge files ``data.edges`` names now: its globs and directories expanded, sorted
+    (:func:`tasks.ingest.files.expand_edge_entries`); InputError for an entry matching nothing."""
+    return expand_edge_entries(data.edges)
 
 
 def check_inputs(data: DataConfig) -> None:
@@ -152,7 +190,7 @@ def check_inputs(data: DataConfig) -> None:
                 raise InputError(f"data.{key} is set but there is no node table (data.nodes)")
     if data.feature_columns and data.features:
         raise InputError("set data.feature_columns or data.features, not both")
-    for path in data.edges:
+    for path in edge_paths(data):
         check_edge_file(readable_file(path, "edge file (data.edges)"), edge_format(path, data.edge_format),
                         data.src_column, data.dst_column)
     if data.nodes:
@@ -199,34 +237,14 @@ def snapshot_fingerprint(data: DataConfig, split: SplitConfig, inputs: dict[str,
 
 def build_graph(data: DataConfig, split_config: SplitConfig) -> tuple[GraphTables, dict[str, Any], list[str] | None]:
     """Read and validate the input: ``(tables, manifest counts, label names)``; writes nothing."""
-    progress = PROGRESS.isEnabledFor(logging.INFO)  # the readers log rows read per block
     nodes = read_nodes(data) if data.nodes else None
-    string_ids = nodes is not None and not pa.types.is_integer(nodes.ids.type)
-    files = [
-        read_edge_file(
-            path, edge_format(path, data.edge_format), data.src_column, data.dst_column,
-            as_string=string_ids, strict=nodes is None, progress=progress,
-        )
-        for path in data.edges
-    ]
-    sources = [EdgeSource(f.path, f.src_name, f.dst_name, f.rows) for f in files]
-    if nodes is None:
-        _check_same_id_kind(files)
-    as_string = string_ids or not all(f.is_int for f in files)
-    src_ids, dst_ids = _concat([f.src for f in files], as_string), _concat([f.dst for f in files], as_string)
-    del files  # the Arrow copies of the ids
+    sources, src_ids, dst_ids, _ = _read_edge_files(data, edge_paths(data), nodes)
     node_ids, src, dst = map_edges(src_ids, dst_ids, sources, nodes, data.unknown_nodes)
     del src_ids, dst_ids
-    num_nodes = len(node_ids)
-    table_rows = len(nodes.ids) if nodes else 0
-    added = num_nodes - table_rows if nodes else 0
-    labels = _pad_labels(nodes.labels, added) if nodes else no_labels(num_nodes)
-    split = np.concatenate([nodes.split, np.zeros(added, np.int8)]) if nodes else np.zeros(num_nodes, np.int8)
-    features, feature_source = (nodes.features, nodes.feature_source) if nodes else _file_features(data, num_nodes)
-    features = _pad_rows(features, added) if features is not None else None
-    split, split_source = _final_split(split_config, labels, split)
+    part = _node_part(data, nodes, node_ids)
+    split, split_source = _final_split(split_config, part.labels, part.split)
     rows = len(src)
-    src, dst, self_loops, duplicates = canonical_edges(src, dst, num_nodes)
+    src, dst, self_loops, duplicates = canonical_edges(src, dst, part.num_nodes)
     if len(src) == 0:
         names = ", ".join(f.path for f in sources)
         raise InputError(
@@ -239,22 +257,184 @@ def build_graph(data: DataConfig, split_config: SplitConfig) -> tuple[GraphTable
         "self_loops_dropped": self_loops,
         "duplicates_dropped": duplicates,
         "undirected_edges": len(src),
+        **_node_counts(part, split, split_source, src, dst),
+    }
+    tables = GraphTables(src, dst, _output_ids(node_ids), part.labels.values, split, part.features, part.labels.names)
+    return tables, counts, part.labels.names
+
+
+@dataclass
+class NodePart:
+    """The node data of a graph being built: row i = contiguous node id i."""
+
+    node_ids: pa.Array
+    labels: Labels
+    split: np.ndarray  # the node table's split (0 for nodes only the edges name)
+    features: Features | None
+    feature_source: str
+    table_rows: int
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_ids)
+
+
+def _read_edge_files(data: DataConfig, paths: list[str], nodes: NodeTable | None
+                     ) -> tuple[list[EdgeSource], Ids, Ids, bool]:
+    """``(sources, src ids, dst ids, as_string)`` of the concatenated rows of edge files ``paths``."""
+    progress = PROGRESS.isEnabledFor(logging.INFO)  # the readers log rows read per block
+    string_ids = nodes is not None and not pa.types.is_integer(nodes.ids.type)
+    files = [
+        read_edge_file(
+            path, edge_format(path, data.edge_format), data.src_column, data.dst_column,
+            as_string=string_ids, strict=nodes is None, progress=progress,
+        )
+        for path in paths
+    ]
+    sources = [EdgeSource(f.path, f.src_name, f.dst_name, f.rows) for f in files]
+    if nodes is None:
+        _check_same_id_kind(files)
+    as_string = string_ids or not all(f.is_int for f in files)
+    src_ids, dst_ids = _concat([f.src for f in files], as_string), _concat([f.dst for f in files], as_string)
+    return sources, src_ids, dst_ids, as_string
+
+
+def _node_part(data: DataConfig, nodes: NodeTable | None, node_ids: pa.Array) -> NodePart:
+    """Labels, the given split and features of ``node_ids`` (the table's rows, then edge-only nodes)."""
+    num_nodes = len(node_ids)
+    table_rows = len(nodes.ids) if nodes else 0
+    added = num_nodes - table_rows if nodes else 0
+    labels = _pad_labels(nodes.labels, added) if nodes else no_labels(num_nodes)
+    split = np.concatenate([nodes.split, np.zeros(added, np.int8)]) if nodes else np.zeros(num_nodes, np.int8)
+    features, feature_source = (nodes.features, nodes.feature_source) if nodes else _file_features(data, num_nodes)
+    features = _pad_rows(features, added) if features is not None else None
+    return NodePart(node_ids, labels, split, features, feature_source, table_rows)
+
+
+def _node_counts(part: NodePart, split: np.ndarray, split_source: str, src: np.ndarray, dst: np.ndarray
+                 ) -> dict[str, Any]:
+    """The node half of a snapshot's manifest counts."""
+    features, labels, num_nodes = part.features, part.labels, part.num_nodes
+    return {
         "num_nodes": num_nodes,
-        "node_table_rows": table_rows,
-        "nodes_added_from_edges": added,
+        "node_table_rows": part.table_rows,
+        "nodes_added_from_edges": num_nodes - part.table_rows if part.table_rows else 0,
         "isolated_nodes": isolated_nodes(src, dst, num_nodes),
-        "id_type": "string" if pa.types.is_large_string(node_ids.type) else "int",
+        "id_type": "string" if pa.types.is_large_string(part.node_ids.type) else "int",
         "num_features": 0 if features is None else int(features.shape[1]),
         "feature_storage": "none" if features is None else ("sparse" if sp.issparse(features) else "dense"),
-        "feature_source": feature_source,
+        "feature_source": part.feature_source,
         "num_classes": labels.num_classes,
         "labeled_nodes": labels.labeled,
         "label_counts": labels.counts(),
         "split_sizes": split_sizes(split),
         "split_source": split_source,
     }
-    tables = GraphTables(src, dst, _output_ids(node_ids), labels.values, split, features, labels.names)
-    return tables, counts, labels.names
+
+
+# -- incremental ingest (tasks/ingest/incremental.py decides when) -------------------------------
+
+
+def build_incremental(data: DataConfig, split_config: SplitConfig, base: incremental.Base
+                      ) -> tuple[GraphTables, dict[str, Any]] | str:
+    """Grow ``base`` by its new edge files: ``(tables, counts)`` with ``tables``' edges the appended
+    ones only, or the reason a full ingest is needed instead (a string).
+
+    Reads only the new edge files, the node table (or feature file) and the base snapshot. The node
+    order is the one a full ingest gives (the table's rows, then edge-only nodes sorted; without a
+    table the sorted ids), which must start with the base's: else the reason. Labels and features
+    of existing nodes must be unchanged; a given split too, while a generated one is kept for them
+    and drawn for the new nodes (:func:`tasks.ingest.splits.extend_split`).
+    """
+    nodes = read_nodes(data) if data.nodes else None
+    sources, src_ids, dst_ids, as_string = _read_edge_files(data, base.new_files, nodes) if base.new_files \
+        else ([], None, None, nodes is not None and not pa.types.is_integer(nodes.ids.type))
+    if as_string != (base.counts["id_type"] == "string"):
+        return "the new edge files' node ids are of another kind (integer / string) than the snapshot's"
+    base_ids = base.node_ids()
+    mapped = _map_with_base(data, nodes, base, base_ids, sources, src_ids, dst_ids, as_string)
+    del src_ids, dst_ids
+    node_ids, src, dst = mapped
+    if incremental.prefix_differs(base_ids, node_ids):
+        return "the node table's existing rows changed or new nodes would reorder existing ones"
+    part = _node_part(data, nodes, node_ids)
+    problem = incremental.existing_rows_problem(base, part.labels.values, part.features)
+    if problem:
+        return problem
+    split = _grown_split(split_config, part, base)
+    if isinstance(split, str):
+        return split
+    return _append_edges(base, part, split, sources, src, dst)
+
+
+def _map_with_base(data: DataConfig, nodes: NodeTable | None, base: incremental.Base, base_ids: pa.Array,
+                   sources: list[EdgeSource], src_ids: Ids | None, dst_ids: Ids | None, as_string: bool
+                   ) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """:func:`map_edges` of the new rows plus the base's edge-only nodes (as loops after them, so
+    that the node order is the full ingest's); returns the new rows' mapping only."""
+    known = base.counts["node_table_rows"] if nodes is not None else 0
+    extra = base_ids.slice(known)
+    extra = pa.chunked_array([extra.cast(pa.large_string())]) if as_string else extra.to_numpy(zero_copy_only=False)
+    rows = sum(f.rows for f in sources)
+    if src_ids is None:
+        src_ids = dst_ids = extra
+    else:
+        src_ids, dst_ids = (_join(ids, extra) for ids in (src_ids, dst_ids))
+    listed = [*sources, EdgeSource(f"{base.ref.path} (the current snapshot)", "node_id", "node_id", len(extra))]
+    node_ids, src, dst = map_edges(src_ids, dst_ids, listed, nodes, data.unknown_nodes)
+    return node_ids, src[:rows], dst[:rows]
+
+
+def _join(ids: Ids, extra: Ids) -> Ids:
+    if isinstance(ids, np.ndarray):
+        return np.concatenate([ids, extra.astype(np.int64, copy=False)])
+    return pa.chunked_array([*ids.chunks, *extra.chunks], pa.large_string())
+
+
+def _grown_split(config: SplitConfig, part: NodePart, base: incremental.Base) -> np.ndarray | str:
+    """The grown graph's split: the node table's (existing rows unchanged) or the generated one
+    extended; a string: why a full ingest is needed."""
+    n = base.counts["num_nodes"]
+    _, old = base.nodes()
+    source = base.counts["split_source"]
+    given = bool((part.split != 0).any()) and not config.force
+    if given:
+        if source != "given":
+            return "the node table now has a split and the current snapshot's was not given"
+        if not np.array_equal(part.split[:n], old):
+            return "the node table's split of existing nodes changed"
+        return part.split
+    if source == "given":
+        return "the node table no longer has a split"
+    if part.labels.labeled == 0:
+        return np.zeros(part.num_nodes, np.int8)
+    return extend_split(old, part.labels.values, n, config, base.ref.fingerprint)
+
+
+def _append_edges(base: incremental.Base, part: NodePart, split: np.ndarray, sources: list[EdgeSource],
+                  src: np.ndarray, dst: np.ndarray) -> tuple[GraphTables, dict[str, Any]]:
+    """The tables (edges: those not in ``base``) and counts of the grown snapshot."""
+    n = part.num_nodes
+    rows = len(src)
+    src, dst, self_loops, duplicates = canonical_edges(src, dst, n)
+    old_src, old_dst = base.edges()
+    src, dst, known = incremental.appended_edges(old_src, old_dst, src, dst, n)
+    old = base.counts
+    per_file = old["edge_rows_per_file"] + [{"file": f.path, "rows": f.rows} for f in sources]
+    split_source = old["split_source"] if old["split_source"] != "none" or not part.labels.labeled \
+        else f"generated:{base.manifest['params']['split']['method']}"
+    counts = {
+        "edge_rows_per_file": per_file,
+        "edge_rows_total": old["edge_rows_total"] + rows,
+        "self_loops_dropped": old["self_loops_dropped"] + self_loops,
+        "duplicates_dropped": old["duplicates_dropped"] + duplicates + known,
+        "undirected_edges": old["undirected_edges"] + len(src),
+        **_node_counts(part, split, split_source, np.concatenate([old_src, src]), np.concatenate([old_dst, dst])),
+        "appended_duplicates_dropped": known,
+    }
+    tables = GraphTables(src, dst, _output_ids(part.node_ids), part.labels.values, split, part.features,
+                         part.labels.names)
+    return tables, counts
 
 
 def _check_same_id_kind(files: list) -> None:

@@ -263,3 +263,45 @@ def split_sizes(split: np.ndarray) -> dict[str, int]:
     """``{"train": n, "val": n, "test": n}``."""
     counts = np.bincount(split.astype(np.int64), minlength=4)
     return {name: int(counts[code]) for code, name in SPLIT_NAMES.items()}
+
+
+def extend_split(split: np.ndarray, labels: np.ndarray, num_base: int, config: SplitConfig, salt: str) -> np.ndarray:
+    """A generated split grown with the graph: rows ``< num_base`` keep ``split``'s codes, the
+    labeled nodes after them are drawn with ``np.random.default_rng(SeedSequence([config.seed,
+    salt]))`` (``salt``: the base snapshot's fingerprint, so the draw is reproducible).
+
+    ``per_class``: per class, the new nodes (shuffled) fill what the existing ones leave of the
+    ``train_per_class``, then ``val_per_class`` quota, the rest test (up to ``test_per_class``).
+    ``fraction``: ``round(train_fraction * L)`` of the ``L`` new labeled nodes to train, the
+    same for val, the rest test.
+
+    Caveat: a full ingest of the grown graph draws every node afresh, so its split differs from
+    this one in which nodes are train/val/test (the class quotas and fractions are the same).
+    """
+    out = np.zeros(len(labels), dtype=np.int8)
+    out[:num_base] = split[:num_base]
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, int(salt, 16)]))
+    order = rng.permutation(num_base + np.flatnonzero(labels[num_base:] >= 0))
+    if config.method == "fraction":
+        n = len(order)
+        n_train = int(round(config.train_fraction * n))
+        n_val = min(int(round(config.val_fraction * n)), n - n_train)
+        out[order[:n_train]] = SPLIT_TRAIN
+        out[order[n_train:n_train + n_val]] = SPLIT_VAL
+        out[order[n_train + n_val:]] = SPLIT_TEST
+        return out
+    for c in np.unique(labels[order]):
+        new = order[labels[order] == c]
+        old = out[:num_base][labels[:num_base] == c]
+        quotas = [
+            (SPLIT_TRAIN, config.train_per_class - int((old == SPLIT_TRAIN).sum())),
+            (SPLIT_VAL, config.val_per_class - int((old == SPLIT_VAL).sum())),
+            (SPLIT_TEST, (config.test_per_class - int((old == SPLIT_TEST).sum()))
+             if config.test_per_class is not None else len(new)),
+        ]
+        start = 0
+        for code, room in quotas:
+            take = max(0, min(room, len(new) - start))
+            out[new[start:start + take]] = code
+            start += take
+    return out
