@@ -45,8 +45,9 @@ from tasks.track.services import check_tracking_server  # noqa: E402
 
 def _add_common(p: argparse.ArgumentParser, *, inputs: bool) -> None:
     if inputs:
-        p.add_argument("--edges", action="append", default=None, metavar="FILE",
-                       help="edge list: CSV, TSV, whitespace text (# comments), .gz, or Parquet; repeatable")
+        p.add_argument("--edges", action="append", default=None, metavar="PATH",
+                       help="edge list: CSV, TSV, whitespace text (# comments), .gz, or Parquet; repeatable; "
+                            "a directory (its edge files) or a quoted glob ('edges/*.csv') is expanded at run time")
         p.add_argument("--nodes", metavar="FILE", help="node table (Parquet or CSV): id, label, split/masks, features")
         p.add_argument("--features", metavar="FILE", help="feature matrix .npy (dense) or .npz (scipy sparse)")
     p.add_argument("--store", metavar="DIR|URI",

@@ -162,13 +162,20 @@ def _list_array(list_type, offsets: pa.Array, values: pa.Array) -> pa.Array:
 def read_edges(directory: Where) -> tuple[np.ndarray, np.ndarray]:
     """``(src, dst)`` of the snapshot's canonical undirected edges (every fragment, in order:
     each edge once with ``src < dst``; sorted within each fragment, not across them)."""
-    d = _dir(directory)
-    parts = [pq.read_table(d / name) for name in edge_files(d)]
-    src = [t.column("src").combine_chunks().to_numpy() for t in parts]
-    dst = [t.column("dst").combine_chunks().to_numpy() for t in parts]
+    parts = read_edge_parts(directory)
     if len(parts) == 1:
-        return src[0], dst[0]
-    return np.concatenate(src), np.concatenate(dst)
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def read_edge_parts(directory: Where) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(src, dst)`` of each of the snapshot's edge files (:func:`edge_files`), each sorted."""
+    d = _dir(directory)
+    parts = []
+    for name in edge_files(d):
+        t = pq.read_table(d / name)
+        parts.append((t.column("src").combine_chunks().to_numpy(), t.column("dst").combine_chunks().to_numpy()))
+    return parts
 
 
 def read_nodes(directory: Where) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from storage.outputs import Output
-from storage.snapshot import Features, read_edges, read_features, read_node_ids, read_nodes
+from storage.snapshot import Features, read_edge_parts, read_features, read_node_ids, read_nodes
 from storage.store import SnapshotRef, Store
 from tasks.config import DataConfig, SplitConfig
 
@@ -52,9 +52,9 @@ class Base:
         """The base snapshot's ``(labels, split)``."""
         return read_nodes(self.output)
 
-    def edges(self) -> tuple[np.ndarray, np.ndarray]:
-        """The base snapshot's edges (all fragments)."""
-        return read_edges(self.output)
+    def edge_parts(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The base snapshot's edges, one ``(src, dst)`` per edge file (each sorted)."""
+        return read_edge_parts(self.output)
 
     def features(self) -> Features | None:
         """The base snapshot's features."""
@@ -85,7 +85,7 @@ def plan(data: DataConfig, split: SplitConfig, store: Store, inputs: dict[str, A
     ref = store.current_snapshot(data.name)
     if ref is None:
         return None, "the graph has no current snapshot"
-    output = store.open(ref.path)
+    output = store.output(data.name, "snapshot", ref.fingerprint)
     try:
         manifest = output.manifest()
     except (OSError, ValueError) as e:
@@ -140,12 +140,22 @@ def existing_rows_problem(base: Base, labels: np.ndarray, features: Features | N
     return None if same else "the existing nodes' features changed"
 
 
-def appended_edges(base_src: np.ndarray, base_dst: np.ndarray, src: np.ndarray, dst: np.ndarray,
+def appended_edges(base_edges: list[tuple[np.ndarray, np.ndarray]], src: np.ndarray, dst: np.ndarray,
                    num_nodes: int) -> tuple[np.ndarray, np.ndarray, int]:
     """``(src, dst, dropped)``: the canonical new edges ``src``/``dst`` (``src < dst``, sorted,
-    unique) less those the base snapshot already has, and how many were dropped for that."""
+    unique) less those the base snapshot already has, and how many were dropped for that.
+
+    ``base_edges``: the base's edge files as ``(src, dst)``, each sorted (canonical in itself):
+    binary search per file, ``O(new * log E)``, no sort or hash of the base's edges."""
     n = max(num_nodes, 1)
-    old = base_src.astype(np.int64) * n + base_dst
     new = src.astype(np.int64) * n + dst
-    keep = ~np.isin(new, old)
-    return src[keep], dst[keep], int(len(new) - keep.sum())
+    known = np.zeros(len(new), dtype=bool)
+    for base_src, base_dst in base_edges:
+        if not len(base_src):
+            continue
+        old = base_src.astype(np.int64) * n + base_dst  # sorted: (src, dst) order, dst < n
+        at = np.searchsorted(old, new)
+        np.minimum(at, len(old) - 1, out=at)
+        known |= old[at] == new
+    keep = ~known
+    return src[keep], dst[keep], int(known.sum())

@@ -257,7 +257,7 @@ def build_graph(data: DataConfig, split_config: SplitConfig) -> tuple[GraphTable
         "self_loops_dropped": self_loops,
         "duplicates_dropped": duplicates,
         "undirected_edges": len(src),
-        **_node_counts(part, split, split_source, src, dst),
+        **_node_counts(part, split, split_source, isolated_nodes(src, dst, part.num_nodes)),
     }
     tables = GraphTables(src, dst, _output_ids(node_ids), part.labels.values, split, part.features, part.labels.names)
     return tables, counts, part.labels.names
@@ -311,15 +311,14 @@ def _node_part(data: DataConfig, nodes: NodeTable | None, node_ids: pa.Array) ->
     return NodePart(node_ids, labels, split, features, feature_source, table_rows)
 
 
-def _node_counts(part: NodePart, split: np.ndarray, split_source: str, src: np.ndarray, dst: np.ndarray
-                 ) -> dict[str, Any]:
+def _node_counts(part: NodePart, split: np.ndarray, split_source: str, isolated: int) -> dict[str, Any]:
     """The node half of a snapshot's manifest counts."""
     features, labels, num_nodes = part.features, part.labels, part.num_nodes
     return {
         "num_nodes": num_nodes,
         "node_table_rows": part.table_rows,
         "nodes_added_from_edges": num_nodes - part.table_rows if part.table_rows else 0,
-        "isolated_nodes": isolated_nodes(src, dst, num_nodes),
+        "isolated_nodes": isolated,
         "id_type": "string" if pa.types.is_large_string(part.node_ids.type) else "int",
         "num_features": 0 if features is None else int(features.shape[1]),
         "feature_storage": "none" if features is None else ("sparse" if sp.issparse(features) else "dense"),
@@ -417,8 +416,10 @@ def _append_edges(base: incremental.Base, part: NodePart, split: np.ndarray, sou
     n = part.num_nodes
     rows = len(src)
     src, dst, self_loops, duplicates = canonical_edges(src, dst, n)
-    old_src, old_dst = base.edges()
-    src, dst, known = incremental.appended_edges(old_src, old_dst, src, dst, n)
+    parts = base.edge_parts()
+    src, dst, known = incremental.appended_edges(parts, src, dst, n)
+    isolated = isolated_nodes(*zip(*parts, (src, dst)), n)
+    del parts
     old = base.counts
     per_file = old["edge_rows_per_file"] + [{"file": f.path, "rows": f.rows} for f in sources]
     split_source = old["split_source"] if old["split_source"] != "none" or not part.labels.labeled \
@@ -429,7 +430,7 @@ def _append_edges(base: incremental.Base, part: NodePart, split: np.ndarray, sou
         "self_loops_dropped": old["self_loops_dropped"] + self_loops,
         "duplicates_dropped": old["duplicates_dropped"] + duplicates + known,
         "undirected_edges": old["undirected_edges"] + len(src),
-        **_node_counts(part, split, split_source, np.concatenate([old_src, src]), np.concatenate([old_dst, dst])),
+        **_node_counts(part, split, split_source, isolated),
         "appended_duplicates_dropped": known,
     }
     tables = GraphTables(src, dst, _output_ids(part.node_ids), part.labels.values, split, part.features,
@@ -703,11 +704,13 @@ def canonical_edges(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[n
     return lo.astype(dtype), hi.astype(dtype), self_loops, len(loops) - self_loops - len(key)
 
 
-def isolated_nodes(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> int:
-    """Nodes that no edge touches."""
+def isolated_nodes(src: np.ndarray | tuple[np.ndarray, ...], dst: np.ndarray | tuple[np.ndarray, ...],
+                   num_nodes: int) -> int:
+    """Nodes that no edge touches; ``src``/``dst`` may be tuples of arrays (a snapshot's edge files)."""
     touched = np.zeros(num_nodes, dtype=bool)
-    touched[src] = True
-    touched[dst] = True
+    for s, d in zip(*((x,) if isinstance(x, np.ndarray) else x for x in (src, dst))):
+        touched[s] = True
+        touched[d] = True
     return int(num_nodes - touched.sum())
 
 
