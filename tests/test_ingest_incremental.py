@@ -8,6 +8,7 @@ node order, labels, features).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -344,3 +345,42 @@ def test_incremental_ingest_on_an_s3_store(s3_env, tmp_path, reads):
     assert grown.files == ["edges.parquet", "edges-00001.parquet"] and reads[-1] == "2026-11-02.csv"
     assert grown.edges == run(tmp_path / "fresh", [edges], nodes=nodes).edges
     assert output_at(grown.ref.path).damage() is None
+
+
+def test_node_table_growth_without_new_edge_file(tmp_path, reads):
+    edges, nodes = day1(tmp_path)
+    first = run(tmp_path / "s", [edges], nodes=nodes)
+    with open(nodes, "a") as f:
+        f.write("z,1,0.3,0.3\n")  # an isolated new node
+    reads.clear()
+    grown = run(tmp_path / "s", [edges], nodes=nodes)
+    assert reads == [] and grown.manifest["ingest_mode"] == "incremental"
+    assert grown.manifest["ingest_reason"] == "0 new edge file(s)"
+    assert (grown.manifest["appended_nodes"], grown.manifest["appended_edges"]) == (1, 0)
+    assert grown.files == ["edges.parquet"] and grown.edges == first.edges and grown.ids[-1] == "z"
+    assert grown.manifest["counts"]["isolated_nodes"] == 1
+
+
+def test_snapshot_without_recorded_settings_is_ingested_fully(tmp_path):
+    edges, nodes = day1(tmp_path)
+    first = run(tmp_path / "s", [edges], nodes=nodes)
+    manifest = Path(first.ref.path) / "manifest.json"
+    m = json.loads(manifest.read_text())
+    del m["ingest_settings"]  # as made before incremental ingest
+    manifest.write_text(json.dumps(m))
+    grow(edges, nodes)
+    snap = run(tmp_path / "s", [edges], nodes=nodes)
+    assert snap.manifest["ingest_mode"] == "full"
+    assert snap.manifest["ingest_reason"].endswith("records no ingest settings (made before incremental ingest)")
+
+
+def test_cli_edges_directory_is_checked_before_prefect(tmp_path):
+    from flows.cli import _checked_inputs, parser
+
+    edges, nodes = day1(tmp_path)
+    args = parser().parse_args(["ingest", "--edges", str(edges), "--nodes", str(nodes), "--store", str(tmp_path / "s")])
+    assert _checked_inputs(args, "ingest").data.edges == [str(edges)]  # kept as given: expanded at run time
+    missing = str(tmp_path / "in" / "nope-*.csv")
+    args = parser().parse_args(["ingest", "--edges", missing, "--nodes", str(nodes), "--store", str(tmp_path / "s")])
+    with pytest.raises(InputError, match="the pattern in data.edges matches no file"):
+        _checked_inputs(args, "ingest")

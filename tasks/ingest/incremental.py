@@ -90,7 +90,9 @@ def plan(data: DataConfig, split: SplitConfig, store: Store, inputs: dict[str, A
         manifest = output.manifest()
     except (OSError, ValueError) as e:
         return None, f"the current snapshot's manifest is unreadable ({e})"
-    if manifest.get("ingest_settings") != settings:
+    if "ingest_settings" not in manifest:
+        return None, f"the current snapshot {ref.fingerprint} records no ingest settings (made before incremental ingest)"
+    if manifest["ingest_settings"] != settings:
         return None, f"the settings differ from those of the current snapshot {ref.fingerprint}"
     now = {e["path"]: e["fingerprint"] for e in inputs["edges"]}
     for entry in manifest["inputs"]["edges"]:

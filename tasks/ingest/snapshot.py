@@ -347,7 +347,7 @@ def build_incremental(data: DataConfig, split_config: SplitConfig, base: increme
     """
     nodes = read_nodes(data) if data.nodes else None
     sources, src_ids, dst_ids, as_string = _read_edge_files(data, base.new_files, nodes) if base.new_files \
-        else ([], None, None, nodes is not None and not pa.types.is_integer(nodes.ids.type))
+        else ([], None, None, base.counts["id_type"] == "string")
     if as_string != (base.counts["id_type"] == "string"):
         return "the new edge files' node ids are of another kind (integer / string) than the snapshot's"
     base_ids = base.node_ids()
