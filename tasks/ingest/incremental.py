@@ -13,7 +13,6 @@ falls back to a full ingest with the reason logged.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +25,6 @@ from storage.outputs import Output
 from storage.snapshot import Features, read_edge_parts, read_features, read_node_ids, read_nodes
 from storage.store import SnapshotRef, Store
 from tasks.config import DataConfig, SplitConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
