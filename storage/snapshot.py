@@ -6,7 +6,7 @@ A snapshot directory holds:
   ``src < dst``, sorted, no self-loops or duplicates (int32 below 2**31 nodes, else int64).
   An incremental ingest adds fragments ``edges-00001.parquet``, ``edges-00002.parquet``...: each
   sorted and canonical in itself, together (the base file, then the fragments in order) holding
-  each edge once; :func:`read_edges` reads them all.
+  each edge once; :func:`read_edges` merges them into the one sorted order.
 - ``nodes.parquet``: one row per node in contiguous-id order: ``node_id`` (the user's id, integer
   or string), ``label`` (int32, -1 = unlabeled), ``split`` (int8: 0 none, 1 train, 2 val, 3 test).
 - ``features.parquet`` (absent for a featureless graph): dense as one ``x`` column of
@@ -160,12 +160,24 @@ def _list_array(list_type, offsets: pa.Array, values: pa.Array) -> pa.Array:
 
 
 def read_edges(directory: Where) -> tuple[np.ndarray, np.ndarray]:
-    """``(src, dst)`` of the snapshot's canonical undirected edges (every fragment, in order:
-    each edge once with ``src < dst``; sorted within each fragment, not across them)."""
+    """``(src, dst)`` of the snapshot's canonical undirected edges: each edge once with
+    ``src < dst``, sorted by ``(src, dst)``; a snapshot grown by incremental ingest has its edge
+    files merged into that order (each file is sorted: a merge of sorted runs), so readers see
+    the same arrays as from a full ingest of the same input."""
     parts = read_edge_parts(directory)
     if len(parts) == 1:
         return parts[0]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    src = np.concatenate([p[0] for p in parts])
+    dst = np.concatenate([p[1] for p in parts])
+    if not len(src):
+        return src, dst
+    n = int(dst.max()) + 1  # dst > src in every row
+    key = src.astype(np.int64) * n
+    key += dst
+    key.sort(kind="stable")  # timsort: merges the files' sorted runs
+    src, dst = np.divmod(key, n)
+    dtype = parts[0][0].dtype if all(p[0].dtype == parts[0][0].dtype for p in parts) else np.dtype(np.int64)
+    return src.astype(dtype), dst.astype(dtype)
 
 
 def read_edge_parts(directory: Where) -> list[tuple[np.ndarray, np.ndarray]]:

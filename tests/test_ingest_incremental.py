@@ -384,3 +384,19 @@ def test_cli_edges_directory_is_checked_before_prefect(tmp_path):
     args = parser().parse_args(["ingest", "--edges", missing, "--nodes", str(nodes), "--store", str(tmp_path / "s")])
     with pytest.raises(InputError, match="the pattern in data.edges matches no file"):
         _checked_inputs(args, "ingest")
+
+
+def test_grown_snapshot_reads_back_as_the_full_ingests_sorted_edges(tmp_path):
+    edges, nodes = day1(tmp_path)
+    run(tmp_path / "s", [edges], nodes=nodes)
+    grow(edges, nodes)
+    write(edges / "2026-11-03.csv", "src,dst\na,d\nb,f\n")  # b-f sorts between existing edges
+    grown = run(tmp_path / "s", [edges], nodes=nodes)
+    full = run(tmp_path / "fresh", [edges], nodes=nodes)
+    assert grown.manifest["ingest_mode"] == "incremental" and len(grown.files) == 2
+    a, b = read_edges(output_at(grown.ref.path)), read_edges(output_at(full.ref.path))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+        assert x.dtype == y.dtype
+    key = a[0].astype(np.int64) * 10 + a[1]
+    assert (np.diff(key) > 0).all() and (a[0] < a[1]).all()
