@@ -400,3 +400,26 @@ def test_grown_snapshot_reads_back_as_the_full_ingests_sorted_edges(tmp_path):
         assert x.dtype == y.dtype
     key = a[0].astype(np.int64) * 10 + a[1]
     assert (np.diff(key) > 0).all() and (a[0] < a[1]).all()
+
+
+def test_incrementally_grown_snapshot_is_partitioned_by_refresh(tmp_path):
+    """The partition stage sees a grown snapshot as an extension of the previous one."""
+    from tasks.config import PartitionConfig
+    from tasks.partition.partition import partition_graph
+
+    rng = np.random.default_rng(0)
+    edges = tmp_path / "edges"
+    blocks = [(rng.integers(0, 60, 400) + b * 60, rng.integers(0, 60, 400) + b * 60) for b in range(4)]
+    rows = "".join(f"{s},{d}\n" for src, dst in blocks for s, d in zip(src, dst)) + "0,60\n60,120\n120,180\n"
+    write(edges / "1.csv", "src,dst\n" + rows)
+    first = run(tmp_path / "s", [edges])
+    store, config = Store(tmp_path / "s"), PartitionConfig(num_parts=4)
+    base = partition_graph(first.ref, config, store)
+    write(edges / "2.csv", "src,dst\n" + "".join(f"{240 + i},{(i * 7) % 60}\n{240 + i},{(i * 11) % 60}\n"
+                                                 for i in range(6)))
+    grown = run(tmp_path / "s", [edges])
+    assert grown.manifest["ingest_mode"] == "incremental" and grown.manifest["appended_nodes"] == 6
+    ref = partition_graph(grown.ref, config, store)
+    assert ref.mode == "refreshed", ref.reason
+    old, new = (store.open(r.path).array("assignment", mmap=False) for r in (base, ref))
+    assert np.array_equal(new[:240], old)
