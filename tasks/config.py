@@ -167,8 +167,8 @@ class TrainConfig(_Section):
     best-validation weights are kept); ``0``, ``none`` or ``off`` trains exactly ``epochs`` epochs.
     ``min_edge_share``: the share of the graph's edges that an epoch's batches should keep
     (logged per epoch as ``batch_edge_share``; a warning below it); ``clusters_per_batch="auto"``
-    also takes enough clusters per batch to keep that share by the partition's edge cut, up to
-    ``max_batch_nodes`` nodes per batch.
+    also takes enough clusters per batch to keep that share by the partition's edge cut, when
+    they fit in ``max_batch_nodes`` nodes per batch (else it keeps the batch-size choice).
     """
 
     # the model registry is tasks/train/model.py (MODELS); gat: PyG GATConv, `heads` heads of

@@ -246,8 +246,9 @@ def test_auto_is_bounded_by_max_batch_nodes_and_half_the_clusters():
     assert resolve_clusters_per_batch(graph, tc) == 2  # edge cut unknown: the size alone
     assert resolve_clusters_per_batch(graph, tc, 0.1) == 2  # well clustered: unchanged
     assert resolve_clusters_per_batch(graph, tc, 0.9) == 10  # 1 + ceil(39 * 0.2 / 0.9)
-    capped = tc.model_copy(update={"max_batch_nodes": 50})
-    assert resolve_clusters_per_batch(graph, capped, 0.9) == 5  # at most 50 nodes per batch
+    assert resolve_clusters_per_batch(graph, tc.model_copy(update={"max_batch_nodes": 100}), 0.9) == 10
+    capped = tc.model_copy(update={"max_batch_nodes": 50})  # 10 clusters are 100 nodes: out of reach
+    assert resolve_clusters_per_batch(graph, capped, 0.9) == 2  # the size choice is kept
     wanting = tc.model_copy(update={"min_edge_share": 0.99})
     assert resolve_clusters_per_batch(graph, wanting, 0.9) == 20  # at most half of the clusters
     fixed = tc.model_copy(update={"clusters_per_batch": 3})

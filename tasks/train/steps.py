@@ -52,7 +52,9 @@ def resolve_clusters_per_batch(graph: ClusterGraph, config: TrainConfig, cut_fra
     - ``round(target_batch_nodes / mean cluster size)`` (batch size), and
     - the smallest ``q`` whose expected kept edge share reaches ``train.min_edge_share``
       (:func:`expected_edge_share`; needs ``cut_fraction``, the partition's edge cut as a share
-      of its edges), at most ``max_batch_nodes`` nodes per batch,
+      of its edges) when that ``q`` stays within ``max_batch_nodes`` nodes per batch (when it
+      does not, batches many times larger would gain little: the batch-size choice is kept, and
+      training warns about the low edge share),
 
     clamped to ``[1, max(1, num_parts // 2)]`` so that an epoch has at least two batches. A
     well-clustered graph (small edge cut) keeps the batch-size choice unchanged.
@@ -69,12 +71,16 @@ def resolve_clusters_per_batch(graph: ClusterGraph, config: TrainConfig, cut_fra
     if cut_fraction is not None and k > 1:
         q_edges = clusters_for_edge_share(k, cut_fraction, config.min_edge_share)
         cap = max(1, int(config.max_batch_nodes // mean_size))
-        if q_edges > q and q < cap:
-            chosen = min(q_edges, cap, top)
+        if q < q_edges <= cap:
+            chosen = min(q_edges, top)
             log.info("train: clusters_per_batch auto: %d instead of %d so that batches keep %.0f%% of the edges "
                      "(edge cut %.1f%%; expected %.0f%%)", chosen, min(q, top), 100 * config.min_edge_share,
                      100 * cut_fraction, 100 * expected_edge_share(k, cut_fraction, chosen))
             q = chosen
+        elif q_edges > max(q, cap):
+            log.info("train: clusters_per_batch auto: %.0f%% of the edges would need %d clusters per batch (edge cut "
+                     "%.1f%%), over train.max_batch_nodes=%d nodes: keeping %d", 100 * config.min_edge_share, q_edges,
+                     100 * cut_fraction, config.max_batch_nodes, min(q, top))
     return int(min(q, top))
 
 
