@@ -253,3 +253,13 @@ def test_auto_is_bounded_by_max_batch_nodes_and_half_the_clusters():
     assert resolve_clusters_per_batch(graph, wanting, 0.9) == 20  # at most half of the clusters
     fixed = tc.model_copy(update={"clusters_per_batch": 3})
     assert resolve_clusters_per_batch(graph, fixed, 0.9) == 3  # a configured number is kept
+
+
+def test_nightly_deployment_warm_starts_and_stops_early():
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
+    nightly = next(d for d in doc["deployments"] if d["name"] == "nightly")
+    cfg = load_config(None, [], base=nightly["parameters"]["config"])
+    assert cfg.train.warm_start is True
+    assert cfg.train.patience is not None and cfg.train.patience >= 1
