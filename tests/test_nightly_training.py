@@ -263,3 +263,34 @@ def test_nightly_deployment_warm_starts_and_stops_early():
     cfg = load_config(None, [], base=nightly["parameters"]["config"])
     assert cfg.train.warm_start is True
     assert cfg.train.patience is not None and cfg.train.patience >= 1
+
+
+def test_champion_score_is_the_final_evaluation_not_the_last_epoch(tmp_path):
+    """A run logs ``val_acc`` per epoch (``step=epoch``) and once more for the kept weights
+    (step 0); MLflow's "latest" value is the last epoch's. The champion is judged by step 0."""
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from tasks.track.tracking import _promote
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("m")
+    exp = client.create_experiment("e")
+
+    def version(final: float, last_epoch: float) -> str:
+        run = client.create_run(exp).info.run_id
+        ts = int(time.time() * 1000)
+        client.log_batch(run, metrics=[Metric("val_acc", 0.5, ts, 1), Metric("val_acc", last_epoch, ts, 30),
+                                       Metric("val_acc", final, ts, 0)])
+        return client.create_model_version("m", source=(tmp_path / run).as_uri(), run_id=run).version
+
+    first = version(final=0.80, last_epoch=0.70)
+    assert _promote(client, "m", first, 0.80) == (True, None)
+    second = version(final=0.75, last_epoch=0.75)
+    promoted, previous = _promote(client, "m", second, 0.75)
+    assert previous == pytest.approx(0.80) and not promoted  # 0.75 beat the last epoch's 0.70, not 0.80
+    client.set_model_version_tag("m", first, "graphpipe.val_acc", "0.7000")  # the tag, when set, decides
+    assert _promote(client, "m", second, 0.75)[0]

@@ -385,6 +385,25 @@ def champion_weights(config: PipelineConfig) -> tuple[str, str] | None:
     return str(path), version.run_id
 
 
+def champion_val_acc(client: MlflowClient, version: Any) -> float | None:
+    """The final evaluation's validation accuracy of a registered ``version``: its
+    ``graphpipe.val_acc`` tag, else its run's ``val_acc`` at step 0 (the final evaluation; the
+    per-epoch values share the name at ``step=epoch``, and the run's "latest" value is the last
+    epoch's, not the kept weights'), else that latest value."""
+    tag = (version.tags or {}).get("graphpipe.val_acc")
+    if tag is not None:
+        try:
+            return float(tag)
+        except ValueError:
+            pass
+    if not version.run_id:
+        return None
+    final = [m.value for m in client.get_metric_history(version.run_id, "val_acc") if m.step == 0]
+    if final:
+        return float(final[-1])
+    return client.get_run(version.run_id).data.metrics.get("val_acc")
+
+
 def _promote(client: MlflowClient, name: str, version: str, val_acc: float) -> tuple[bool, float | None]:
     """Move the ``champion`` alias to ``version`` if its validation accuracy is at least the
     current champion's."""
@@ -392,9 +411,7 @@ def _promote(client: MlflowClient, name: str, version: str, val_acc: float) -> t
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         current = None
-    current_val = None
-    if current is not None and current.run_id:
-        current_val = client.get_run(current.run_id).data.metrics.get("val_acc")
+    current_val = champion_val_acc(client, current) if current is not None else None
     promote = current is None or current_val is None or val_acc >= current_val
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
