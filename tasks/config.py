@@ -173,6 +173,12 @@ class TrainConfig(_Section):
     in ``n`` worker processes (PyTorch ``DataLoader``), ``prefetch`` ahead per worker.
     ``world_size``: data-parallel training processes (``torch.distributed``; gloo on CPU, NCCL on
     CUDA with one GPU per rank); each epoch's batches are dealt out to them.
+    ``patience``: early stopping after that many epochs without a better validation accuracy (the
+    best-validation weights are kept); ``0``, ``none`` or ``off`` trains exactly ``epochs`` epochs.
+    ``min_edge_share``: the share of the graph's edges that an epoch's batches should keep
+    (logged per epoch as ``batch_edge_share``; a warning below it); ``clusters_per_batch="auto"``
+    also takes enough clusters per batch to keep that share by the partition's edge cut, when
+    they fit in ``max_batch_nodes`` nodes per batch (else it keeps the batch-size choice).
     """
 
     # the model registry is tasks/train/model.py (MODELS); gat: PyG GATConv, `heads` heads of
@@ -190,7 +196,9 @@ class TrainConfig(_Section):
     clusters_per_batch: int | Literal["auto"] = "auto"
     target_batch_nodes: int = Field(default=5000, ge=1)
     eval_every: int = Field(default=1, ge=1)
-    patience: int | None = Field(default=50, ge=1)
+    patience: int | None = Field(default=50, ge=1)  # 0 / "none" / "off": fixed epochs (see validator)
+    min_edge_share: float = Field(default=0.3, ge=0, le=1)
+    max_batch_nodes: int = Field(default=50000, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prefetch: int = Field(default=2, ge=0)
@@ -200,6 +208,14 @@ class TrainConfig(_Section):
     resume: bool = True
     warm_start: bool = False  # start from the registered champion's weights when they fit
     world_size: int = Field(default=1, ge=1)
+
+    @field_validator("patience", mode="before")
+    @classmethod
+    def _patience_off(cls, v: Any) -> Any:
+        """``0``, ``none``, ``off``, ``false`` (any case) or null: no early stopping."""
+        if v is None or v is False or v == 0 or (isinstance(v, str) and v.strip().lower() in ("0", "none", "off", "false", "null")):
+            return None
+        return v
 
     @model_validator(mode="after")
     def _model_options(self) -> TrainConfig:

@@ -125,7 +125,9 @@ def test_nightly_deployment_end_to_end(stack, tmp_path):
     decision = _tag(run2, "graphpipe.champion_decision")
     # same data and seed: equal validation accuracy, so the new version takes the alias
     assert decision == "promoted" and champion["run_id"] == run2["info"]["run_id"]
-    assert float(_tag(run2, "graphpipe.champion_previous_val_acc")) == pytest.approx(_metric(run1, "val_acc"), abs=1e-4)
+    # the champion's final evaluation (not the run's latest per-epoch val_acc, its last epoch's)
+    assert float(_tag(run2, "graphpipe.champion_previous_val_acc")) == pytest.approx(
+        float(_tag(run1, "graphpipe.champion_candidate_val_acc")), abs=1e-4)
     artifacts = _post(f"{stack.prefect_api}/artifacts/filter", {"artifacts": {"key": {"any_": ["graphpipe-cora"]}}})
     assert any(run2["info"]["run_id"] in (a.get("data") or "") for a in artifacts)
 

@@ -385,6 +385,25 @@ def champion_weights(config: PipelineConfig) -> tuple[str, str] | None:
     return str(path), version.run_id
 
 
+def champion_val_acc(client: MlflowClient, version: Any) -> float | None:
+    """The final evaluation's validation accuracy of a registered ``version``: its
+    ``graphpipe.val_acc`` tag, else its run's ``val_acc`` at step 0 (the final evaluation; the
+    per-epoch values share the name at ``step=epoch``, and the run's "latest" value is the last
+    epoch's, not the kept weights'), else that latest value."""
+    tag = (version.tags or {}).get("graphpipe.val_acc")
+    if tag is not None:
+        try:
+            return float(tag)
+        except ValueError:
+            pass
+    if not version.run_id:
+        return None
+    final = [m.value for m in client.get_metric_history(version.run_id, "val_acc") if m.step == 0]
+    if final:
+        return float(final[-1])
+    return client.get_run(version.run_id).data.metrics.get("val_acc")
+
+
 def _promote(client: MlflowClient, name: str, version: str, val_acc: float) -> tuple[bool, float | None]:
     """Move the ``champion`` alias to ``version`` if its validation accuracy is at least the
     current champion's."""
@@ -392,9 +411,7 @@ def _promote(client: MlflowClient, name: str, version: str, val_acc: float) -> t
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         current = None
-    current_val = None
-    if current is not None and current.run_id:
-        current_val = client.get_run(current.run_id).data.metrics.get("val_acc")
+    current_val = champion_val_acc(client, current) if current is not None else None
     promote = current is None or current_val is None or val_acc >= current_val
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -479,7 +496,74 @@ def _log_results(run: RunRef, config: PipelineConfig, *, snapshot: SnapshotRef, 
             "graphpipe.champion_previous_val_acc": "none" if champion_val is None else f"{champion_val:.4f}",
             "graphpipe.champion_candidate_val_acc": f"{evaluation.metrics['val_acc']:.4f}",
         })
+        describe_version(client, name, version, version_facts(
+            config, snapshot=snapshot, node_data=node_data, metrics=evaluation.metrics, promoted=promoted,
+            champion_val=champion_val, extra_tags=extra_tags))
     return TrackResult(run, name, version, promoted, champion_val)
+
+
+VERSION_METRICS = ("val_acc", "test_acc", "val_macro_f1", "test_macro_f1")
+
+
+def partition_mode(node_data: NodeDataRef, extra_tags: dict[str, Any] | None = None) -> str | None:
+    """How the partition was made (e.g. a fresh METIS run or a refresh of an earlier one), if
+    known: a ``graphpipe.partition_mode`` tag, else the partition output's ``mode`` parameter."""
+    for key, value in (extra_tags or {}).items():
+        if key.endswith("partition_mode") and value:
+            return str(value)
+    try:
+        params = output_at(node_data.partition.path).manifest().get("params", {})
+    except (OSError, ValueError):
+        return None
+    mode = params.get("mode") if isinstance(params, dict) else None
+    return str(mode) if mode else None
+
+
+def version_facts(config: PipelineConfig, *, snapshot: SnapshotRef, node_data: NodeDataRef, metrics: dict[str, float],
+                  promoted: bool, champion_val: float | None, extra_tags: dict[str, Any] | None = None) -> dict[str, str]:
+    """What a registered model version is, as its tags: metrics (4 decimals), graph, snapshot
+    fingerprint, partition (fingerprint, clusters, mode when known) and the champion decision."""
+    facts = {f"graphpipe.{k}": f"{float(metrics[k]):.4f}" for k in VERSION_METRICS
+             if k in metrics and np.isfinite(metrics[k])}
+    facts.update({
+        "graphpipe.graph": config.data.name,
+        "graphpipe.snapshot_fingerprint": snapshot.fingerprint,
+        "graphpipe.partition_fingerprint": node_data.partition.fingerprint,
+        "graphpipe.num_parts": str(node_data.partition.num_parts),
+        "graphpipe.champion_decision": "promoted" if promoted else "kept previous champion",
+        "graphpipe.champion_previous_val_acc": "none" if champion_val is None else f"{champion_val:.4f}",
+    })
+    mode = partition_mode(node_data, extra_tags)
+    if mode:
+        facts["graphpipe.partition_mode"] = mode
+    return facts
+
+
+def version_description(facts: dict[str, str]) -> str:
+    """The registry page's one-paragraph description of a version from :func:`version_facts`."""
+    g = lambda k: facts.get(f"graphpipe.{k}", "n/a")  # noqa: E731
+    decision = facts["graphpipe.champion_decision"]
+    previous = facts["graphpipe.champion_previous_val_acc"]
+    lines = [
+        f"Cluster-GCN on graph {g('graph')} (snapshot {g('snapshot_fingerprint')[:16]}).",
+        f"val_acc {g('val_acc')}, test_acc {g('test_acc')}, test macro-F1 {g('test_macro_f1')}.",
+        f"Partition {g('partition_fingerprint')[:16]}: {g('num_parts')} clusters"
+        + (f", {facts['graphpipe.partition_mode']}" if "graphpipe.partition_mode" in facts else "") + ".",
+        f"Champion: {decision} (previous champion's val_acc {previous}).",
+    ]
+    return "\n".join(lines)
+
+
+def describe_version(client: MlflowClient, name: str, version: str, facts: dict[str, str]) -> None:
+    """Set ``facts`` as the version's tags and their summary as its description, so the registry
+    page alone tells what the version is. A registry that refuses is logged, never fatal (the
+    version and its run are registered already)."""
+    try:
+        for key, value in facts.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.update_model_version(name, version, description=version_description(facts))
+    except MlflowException as e:
+        log.warning("could not describe model version %s of %s in the registry: %s", version, name, e)
 
 
 def _log_input(snapshot: SnapshotRef) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,18 +46,76 @@ PROGRESS_SECONDS = 10.0
 OnEpoch = Callable[[int, dict[str, float]], None]
 
 
-def resolve_clusters_per_batch(graph: ClusterGraph, config: TrainConfig) -> int:
-    """The configured value, or ``round(target_batch_nodes / mean cluster size)`` clamped to
-    ``[1, max(1, num_parts // 2)]`` so that an epoch has at least two batches."""
+def resolve_clusters_per_batch(graph: ClusterGraph, config: TrainConfig, cut_fraction: float | None = None) -> int:
+    """Clusters per batch: the configured number, or for ``"auto"`` the larger of
+
+    - ``round(target_batch_nodes / mean cluster size)`` (batch size), and
+    - the smallest ``q`` whose expected kept edge share reaches ``train.min_edge_share``
+      (:func:`expected_edge_share`; needs ``cut_fraction``, the partition's edge cut as a share
+      of its edges) when that ``q`` stays within ``max_batch_nodes`` nodes per batch (when it
+      does not, batches many times larger would gain little: the batch-size choice is kept, and
+      training warns about the low edge share),
+
+    clamped to ``[1, max(1, num_parts // 2)]`` so that an epoch has at least two batches. A
+    well-clustered graph (small edge cut) keeps the batch-size choice unchanged.
+    """
     k = graph.num_parts
     if config.clusters_per_batch != "auto":
         q = int(config.clusters_per_batch)
         if not 1 <= q <= k:
             raise InputError(f"train.clusters_per_batch={q} must be between 1 and the {k} partitions")
         return q
-    mean_size = graph.num_nodes / k
+    mean_size = max(graph.num_nodes / k, 1e-9)
+    top = max(1, k // 2)
     q = max(1, round(config.target_batch_nodes / mean_size))
-    return int(min(q, max(1, k // 2)))
+    if cut_fraction is not None and k > 1:
+        q_edges = clusters_for_edge_share(k, cut_fraction, config.min_edge_share)
+        cap = max(1, int(config.max_batch_nodes // mean_size))
+        if q < q_edges <= cap:
+            chosen = min(q_edges, top)
+            log.info("train: clusters_per_batch auto: %d instead of %d so that batches keep %.0f%% of the edges "
+                     "(edge cut %.1f%%; expected %.0f%%)", chosen, min(q, top), 100 * config.min_edge_share,
+                     100 * cut_fraction, 100 * expected_edge_share(k, cut_fraction, chosen))
+            q = chosen
+        elif q_edges > max(q, cap):
+            log.info("train: clusters_per_batch auto: %.0f%% of the edges would need %d clusters per batch (edge cut "
+                     "%.1f%%), over train.max_batch_nodes=%d nodes: keeping %d", 100 * config.min_edge_share, q_edges,
+                     100 * cut_fraction, config.max_batch_nodes, min(q, top))
+    return int(min(q, top))
+
+
+def expected_edge_share(num_parts: int, cut_fraction: float, q: int) -> float:
+    """The expected share of the graph's edges inside batches of ``q`` clusters drawn at random
+    from ``num_parts``: every edge within a cluster, and a cut edge when its other cluster is among
+    the batch's other ``q - 1`` (probability ``(q - 1) / (num_parts - 1)``)."""
+    if num_parts <= 1:
+        return 1.0
+    return (1.0 - cut_fraction) + cut_fraction * (q - 1) / (num_parts - 1)
+
+
+def clusters_for_edge_share(num_parts: int, cut_fraction: float, target: float) -> int:
+    """The smallest ``q`` with :func:`expected_edge_share` at least ``target`` (``num_parts`` if
+    no ``q`` reaches it)."""
+    within = 1.0 - cut_fraction
+    if within >= target or num_parts <= 1:
+        return 1
+    q = 1 + math.ceil((num_parts - 1) * (target - within) / cut_fraction - 1e-9)
+    return int(min(max(q, 1), num_parts))
+
+
+def partition_cut_fraction(node_data: NodeDataRef, graph: ClusterGraph) -> float:
+    """The partition's edge cut as a share of its edges: from the partition's statistics, or
+    counted on ``graph`` (its adjacency entries between different clusters) when they lack it."""
+    try:
+        return float(output_at(node_data.partition.path).json("stats")["edge_cut_fraction"])
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
+    indptr = np.asarray(graph.indptr, dtype=np.int64)
+    if indptr[-1] == 0:
+        return 0.0
+    cluster = np.repeat(np.arange(graph.num_parts), np.diff(graph.cluster_ptr))
+    rows = np.repeat(cluster, np.diff(indptr))
+    return float(np.count_nonzero(rows != cluster[np.asarray(graph.indices)]) / indptr[-1])
 
 
 def num_classes_of(graph: ClusterGraph, configured: int | None) -> int:
@@ -98,9 +157,12 @@ def train_epoch(
         distributed: every rank steps on every batch, also one without labeled training nodes
             (a zero loss: the collective gradient average needs every rank), and the metrics are
             summed over the ranks.
+
+    Returns ``loss``, ``batch_train_acc`` and ``batch_edges``: the adjacency entries (self-loops
+    excluded) of all the epoch's batches, with or without training nodes.
     """
     model.train()
-    sums = torch.zeros(3, dtype=torch.float64)  # loss * nodes, correct, nodes
+    sums = torch.zeros(4, dtype=torch.float64)  # loss * nodes, correct, nodes, batch edges
     t0 = time.perf_counter()
     total = len(batches)  # type: ignore[arg-type]  (loaders' epochs and plain lists of built batches)
     ticker = progress.Ticker("train batches", total, seconds=PROGRESS_SECONDS)
@@ -109,6 +171,7 @@ def train_epoch(
             ticker.tick(i, "%s: batch %d/%d, %.0f s, loss %.4f", label, i, total,
                         time.perf_counter() - t0, float(sums[0] / max(float(sums[2]), 1.0)))
         n = int(batch.train_mask.sum())
+        sums[3] += batch.num_edges
         if n == 0 and not distributed:
             continue
         batch = batch.to(device)
@@ -118,11 +181,11 @@ def train_epoch(
         loss = F.cross_entropy(out, target) if n else out.sum() * 0.0
         loss.backward()
         optimizer.step()
-        sums += torch.tensor([float(loss.detach()) * n, int((out.argmax(dim=1) == target).sum()), n], dtype=torch.float64)
+        sums[:3] += torch.tensor([float(loss.detach()) * n, int((out.argmax(dim=1) == target).sum()), n], dtype=torch.float64)
     if distributed:
         torch.distributed.all_reduce(sums)
     seen = max(float(sums[2]), 1.0)
-    return {"loss": float(sums[0]) / seen, "batch_train_acc": float(sums[1]) / seen}
+    return {"loss": float(sums[0]) / seen, "batch_train_acc": float(sums[1]) / seen, "batch_edges": float(sums[3])}
 
 
 @dataclass
@@ -167,6 +230,8 @@ class Training:
     state: dict[str, Any] = field(default_factory=lambda: {
         "epoch": 0, "best_val": -1.0, "best_epoch": 0, "best_state": None, "history": [], "stale": 0})
     warm: bool = False
+    feature_layout: dict[str, Any] = field(default_factory=dict)
+    edge_share_warned: bool = False
     resumed_from: int = 0
     wait_total: float = 0.0
     train_total: float = 0.0
@@ -174,16 +239,49 @@ class Training:
     started: float = field(default_factory=time.perf_counter)
 
 
-def _warm_start(model: GNN, spec: ModelSpec, path: str) -> bool:
-    """Load weights saved by an earlier run if they fit ``spec``; say why not otherwise."""
-    saved = load_checkpoint(path)
+def feature_layout(node_data: NodeDataRef, graph: ClusterGraph) -> dict[str, Any]:
+    """What the first layer's weights mean: the number of feature columns and how they were
+    normalized (method, structural encoding, sparse standardization), from the node data's
+    features output. Weights trained on another layout do not fit, even with equal shapes."""
+    layout: dict[str, Any] = {"num_features": int(graph.num_features), "input_shift": graph.x_shift is not None}
+    try:
+        features = output_at(node_data.path).manifest()["inputs"]["features"]["path"]
+        params = output_at(features).manifest().get("params", {})
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        log.info("train: the features' normalization of %s is not recorded (%s)", node_data.path, e)
+        return layout
+    layout.update(normalization=params.get("resolved_method"), structural=params.get("resolved_structural"),
+                  sparse=params.get("sparse"))
+    return layout
+
+
+def warm_start_mismatch(spec: ModelSpec, layout: dict[str, Any], saved: dict[str, Any]) -> str | None:
+    """Why weights ``saved`` (a model file's contents) cannot start a model ``spec`` on features
+    ``layout`` (:func:`feature_layout`), or None when they fit: the same architecture
+    (:meth:`ModelSpec.same_architecture`: every setting but dropout) and the same feature layout
+    and normalization. Weights that do not record their feature layout never fit."""
     old = ModelSpec(**saved["spec"])
     if not spec.same_architecture(old):
-        log.info("train: not warm-starting from %s: its model %s differs from %s (feature layout or settings changed)",
-                 path, saved["spec"], spec.to_dict())
+        diff = {k: (v, spec.to_dict()[k]) for k, v in old.to_dict().items() if k != "dropout" and spec.to_dict()[k] != v}
+        return "the model differs (" + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items()) + ")"
+    old_layout = saved.get("feature_layout")
+    if old_layout is None:
+        return "the weights do not record their feature layout and normalization"
+    diff = {k: (old_layout.get(k), v) for k, v in layout.items() if old_layout.get(k) != v}
+    if diff:
+        return "the features differ (" + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items()) + ")"
+    return None
+
+
+def _warm_start(model: GNN, spec: ModelSpec, layout: dict[str, Any], path: str) -> bool:
+    """Load weights saved by an earlier run if they fit ``spec`` and ``layout``; log why not otherwise."""
+    saved = load_checkpoint(path)
+    why = warm_start_mismatch(spec, layout, saved)
+    if why is not None:
+        log.warning("train: not warm-starting from %s: %s; starting from random weights", path, why)
         return False
     model.load_state_dict(saved["state_dict"])
-    log.info("train: warm start from %s", path)
+    log.info("train: warm start from %s (same architecture and feature layout)", path)
     return True
 
 
@@ -224,10 +322,12 @@ def setup(node_data: NodeDataRef, config: TrainConfig, ckpt: Checkpoints, *, num
     spec = ModelSpec.from_config(config, graph.num_features, classes, input_shift=graph.x_shift is not None)
     torch.manual_seed(config.seed)
     model = GNN(spec).to(device)
-    warm = rank.lead and init_from is not None and _warm_start(model, spec, init_from)
+    layout = feature_layout(node_data, graph)
+    warm = rank.lead and init_from is not None and _warm_start(model, spec, layout, init_from)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    t = Training(node_data, config, ckpt, graph, device, classes, resolve_clusters_per_batch(graph, config), spec,
-                 model, optimizer, rank, net=model, warm=warm)
+    cut = partition_cut_fraction(node_data, graph) if config.clusters_per_batch == "auto" else None
+    t = Training(node_data, config, ckpt, graph, device, classes, resolve_clusters_per_batch(graph, config, cut), spec,
+                 model, optimizer, rank, net=model, warm=warm, feature_layout=layout)
     saved = _resumable(t)
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -256,12 +356,30 @@ def run_epoch(t: Training, loader: BatchLoader, epoch: int) -> dict[str, float]:
     batches = loader.epoch(t.rank.share(order))
     metrics = train_epoch(t.net, t.optimizer, batches, t.device, f"epoch {epoch}/{t.config.epochs}",
                           distributed=t.rank.world_size > 1)
+    _edge_share(t, metrics)
     metrics["epoch_seconds"] = time.perf_counter() - t0
     metrics["batch_wait_seconds"] = batches.wait_seconds
     t.wait_total += batches.wait_seconds
     t.train_total += metrics["epoch_seconds"]
     t.batches_run += len(batches.batches)
     return metrics
+
+
+def _edge_share(t: Training, metrics: dict[str, float]) -> None:
+    """Replace ``batch_edges`` by ``batch_edge_share``, the share of the graph's adjacency entries
+    that the epoch's batches kept (with several ranks, a batch repeated to even out their steps
+    counts twice: at most 1); warn once when it is below ``train.min_edge_share``."""
+    total = len(t.graph.indices)
+    share = min(1.0, metrics.pop("batch_edges") / total) if total else 1.0
+    metrics["batch_edge_share"] = share
+    if share < t.config.min_edge_share and not t.edge_share_warned and t.rank.lead:
+        t.edge_share_warned = True
+        log.warning(
+            "train: the batches keep only %.0f%% of the graph's edges (train.min_edge_share %.0f%%; %d clusters, %d per "
+            "batch): the model sees little of the graph. Use train.clusters_per_batch=auto (it takes enough "
+            "clusters for that share), more clusters per batch, a larger train.max_batch_nodes, or fewer "
+            "partitions (partition.num_parts / target_cluster_size)", 100 * share, 100 * t.config.min_edge_share,
+            t.graph.num_parts, t.clusters_per_batch)
 
 
 def validate(t: Training, epoch: int, metrics: dict[str, float]) -> None:
@@ -323,6 +441,7 @@ def finish(t: Training) -> TrainResult:
         best_state = t.state["best_state"] if t.state["best_state"] is not None else t.model.state_dict()
         t.ckpt.save_model(plain_checkpoint({
             "spec": t.spec.to_dict(), "state_dict": best_state, "num_classes": t.num_classes,
+            "feature_layout": t.feature_layout,
             "best_epoch": t.state["best_epoch"], "history": t.state["history"]}))
         save_checkpoint(t, complete=True)
     return TrainResult(

@@ -40,7 +40,7 @@ from tasks.evaluate.inference import predict_full_graph
 from tasks.evaluate.metrics import split_metrics
 from tasks.train.model import load_trained, resolve_device
 from tasks.train.loop import train_cluster_gcn
-from tasks.train.steps import resolve_clusters_per_batch
+from tasks.train.steps import partition_cut_fraction, resolve_clusters_per_batch
 
 if TYPE_CHECKING:  # optuna is imported where it is used
     import optuna
@@ -212,11 +212,12 @@ def _fixed_settings(config: PipelineConfig) -> dict[str, Any]:
 def _reference_setting(tune: _Tune) -> tuple[str, int]:
     """The configured normalization (``auto`` resolved) and clusters per batch; sets ``num_parts``."""
     features = tune.normalize(tune.snapshot, tune.config)
-    graph = ClusterGraph.open(output_at(tune.partition.path),
-                              output_at(tune.layout(tune.partition, tune.snapshot, features, tune.config).path))
+    node_data = tune.layout(tune.partition, tune.snapshot, features, tune.config)
+    graph = ClusterGraph.open(output_at(tune.partition.path), output_at(node_data.path))
     try:
         tune.num_parts = graph.num_parts
-        return features.method, resolve_clusters_per_batch(graph, tune.config.train)
+        return features.method, resolve_clusters_per_batch(graph, tune.config.train,
+                                                           partition_cut_fraction(node_data, graph))
     finally:
         graph.release()
 
