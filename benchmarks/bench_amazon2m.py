@@ -143,7 +143,7 @@ def side_assembly(p: dict[str, Any]) -> dict[str, Any]:
 
     from tasks.train.batching import build_batch, epoch_batches
     from tasks.partition.layout import load_cluster_graph
-    from tasks.train.loop import resolve_clusters_per_batch
+    from tasks.train.steps import resolve_clusters_per_batch
 
     cfg = _config(p)
     nd = _refs(p)["node_data"]
