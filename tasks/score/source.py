@@ -4,8 +4,6 @@ weights file before the scoring stage runs (:func:`tasks.score.score.score_nodes
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 from tasks.config import PipelineConfig
@@ -17,8 +15,7 @@ def _version_weights(config: PipelineConfig, version: str) -> tuple[str, str]:
     the store beside the champion's warm-start copies (once per run)."""
     from mlflow.exceptions import MlflowException
 
-    from storage.store import Store
-    from tasks.track.tracking import MODEL_FILE, WEIGHTS_DIR, _client, model_name, tracking_uri
+    from tasks.track.tracking import _client, download_weights, model_name, tracking_uri
 
     client = _client(tracking_uri(config))
     name = model_name(config)
@@ -28,20 +25,10 @@ def _version_weights(config: PipelineConfig, version: str) -> tuple[str, str]:
         raise InputError(f"score.model={version}: registered model {name!r} has no version {version} "
                          f"({str(e).splitlines()[0]})") from None
     run_id = str(mv.run_id or "")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
-        raise InputError(f"version {version} of {name!r} names run {run_id!r}; expected a run id")
-    target = Store(config.store).graph_dir(config.data.name) / "warm_start" / run_id
-    path = target / WEIGHTS_DIR / MODEL_FILE
-    if not path.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        try:
-            local = Path(client.download_artifacts(run_id, f"{WEIGHTS_DIR}/{MODEL_FILE}", str(target)))
-        except (MlflowException, OSError) as e:
-            raise InputError(f"version {version} of {name!r} (run {run_id}) has no weights to score with: {e}") from None
-        if local != path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(local, path)
-    return str(path), run_id
+    try:
+        return download_weights(config, run_id, client), run_id
+    except (MlflowException, OSError) as e:
+        raise InputError(f"version {version} of {name!r} (run {run_id}) has no weights to score with: {e}") from None
 
 
 def model_weights(config: PipelineConfig) -> tuple[str, str]:

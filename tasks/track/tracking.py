@@ -359,30 +359,41 @@ def log_predictor(predictor: EdgeIndexPredictor, x: torch.Tensor, edge_index: to
     return info.model_uri, version
 
 
+def download_weights(config: PipelineConfig, run_id: str, client: MlflowClient | None = None) -> str:
+    """The local path of run ``run_id``'s logged weights, downloaded into the store once (beside
+    the other warm-start copies of the graph).
+
+    Raises:
+        InputError: ``run_id`` is not a plain run id (it becomes a path part).
+        MlflowException, OSError: the run has no weights, or the tracking server failed.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(run_id or "")):  # a path part: nothing else
+        raise InputError(f"the registry of {model_name(config)!r} names run {run_id!r}; expected a run id")
+    client = client or _client(tracking_uri(config))
+    target = Store(config.store).graph_dir(config.data.name) / "warm_start" / run_id
+    path = target / WEIGHTS_DIR / MODEL_FILE
+    if not path.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        local = Path(client.download_artifacts(run_id, f"{WEIGHTS_DIR}/{MODEL_FILE}", str(target)))
+        if local != path:  # a local artifact store puts the file at target/model.pt, a server at target/checkpoint/
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local, path)
+    return str(path)
+
+
 def champion_weights(config: PipelineConfig) -> tuple[str, str] | None:
     """``(path, run id)`` of the current champion's weights, downloaded into the store once;
-    ``None`` when there is no champion yet."""
-    uri = tracking_uri(config)
-    client = _client(uri)
+    ``None`` when there is no champion yet (or its run has no weights: logged)."""
+    client = _client(tracking_uri(config))
     try:
         version = client.get_model_version_by_alias(model_name(config), CHAMPION)
     except MlflowException:
         return None
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(version.run_id or "")):  # a path part: nothing else
-        raise InputError(f"the registry's champion of {model_name(config)!r} names run {version.run_id!r}; expected a run id")
-    target = Store(config.store).graph_dir(config.data.name) / "warm_start" / version.run_id
-    path = target / WEIGHTS_DIR / MODEL_FILE
-    if not path.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        try:
-            local = Path(client.download_artifacts(version.run_id, f"{WEIGHTS_DIR}/{MODEL_FILE}", str(target)))
-        except (MlflowException, OSError) as e:
-            log.warning("champion run %s has no weights to warm-start from: %s", version.run_id, e)
-            return None
-        if local != path:  # a local artifact store puts the file at target/model.pt, a server at target/checkpoint/
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(local, path)
-    return str(path), version.run_id
+    try:
+        return download_weights(config, version.run_id, client), version.run_id
+    except (MlflowException, OSError) as e:
+        log.warning("champion run %s has no weights to warm-start from: %s", version.run_id, e)
+        return None
 
 
 def champion_val_acc(client: MlflowClient, version: Any) -> float | None:
