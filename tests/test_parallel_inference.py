@@ -71,8 +71,9 @@ def test_mapped_graph_reopened_in_ranks_more_ranks_than_blocks(tmp_path):
 def test_an_error_in_a_rank_reaches_the_caller(tmp_path):
     graph, _ = _random_graph(seed=1)
     model = GNN(ModelSpec(kind="gcn", in_dim=7, hidden=8, out_dim=3, num_layers=2, dropout=0.0)).eval()  # x has 5 columns
-    with pytest.raises(RuntimeError, match="7|5"):
+    with pytest.raises(RuntimeError, match="7|5") as err:
         list(iter_full_graph_ranks(model, graph, CPU, workers=2, block_nodes=15, scratch_dir=tmp_path))
+    assert any("full-graph inference rank" in note for note in err.value.__notes__)  # the rank's traceback
     assert list(tmp_path.iterdir()) == []
 
 

@@ -26,6 +26,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -58,14 +59,16 @@ def share(items: list, rank: int, workers: int) -> list:
     return items[rank * n // workers : (rank + 1) * n // workers]
 
 
-def _shared(path: str, rows: int, cols: int | None = None) -> tuple[np.ndarray, Mapping]:
+def _shared(path: str, rows: int, cols: int | None = None) -> tuple[np.ndarray, Mapping | None]:
     """A float32 ``rows x cols`` array over the shared file ``path``, created (sized) when ``cols``
-    is given; else opened, its width read from its size."""
+    is given; else opened, its width read from its size (an empty file: width 0, in memory)."""
     fd = os.open(path, os.O_RDWR | (os.O_CREAT if cols is not None else 0), 0o600)
     try:
         if cols is not None and os.fstat(fd).st_size < rows * cols * 4:
             os.ftruncate(fd, rows * cols * 4)  # every creating rank asks for the same size
         size = os.fstat(fd).st_size
+        if size == 0 or rows == 0:  # nothing to map
+            return np.zeros((rows, 0 if rows == 0 else size // (4 * rows)), dtype=np.float32), None
         mm = mmap.mmap(fd, size)
     finally:
         os.close(fd)
@@ -146,6 +149,7 @@ def _rank_main(rank: int, workers: int, job: dict[str, Any], barrier: Any, q: An
     except threading.BrokenBarrierError:
         q.put(("stopped", rank))  # another rank failed or the caller stopped
     except BaseException as e:  # noqa: BLE001 - every failure goes to the caller
+        e.add_note(f"in full-graph inference rank {rank} of {workers}:\n{traceback.format_exc()}")
         try:
             q.put(("error", rank, e))
         except Exception:
