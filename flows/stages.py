@@ -305,12 +305,12 @@ def wait_for_flow_run(flow_run_id: Any, poll: float = CHILD_POLL_SECONDS, outage
 
 @reusable_stage(name="evaluate", **_retrying)
 def evaluate(trained: TrainResult, node_data: NodeDataRef, snapshot: SnapshotRef, store: Store, *,
-             device: str, seed: int, embedding_nodes: int) -> EvaluationRef:
+             device: str, seed: int, embedding_nodes: int, workers: int = 1) -> EvaluationRef:
     """Full-graph layer-wise inference with the best-validation weights; accuracy and macro-F1."""
     from tasks.evaluate.evaluate import evaluate_model
 
     return evaluate_model(trained, node_data, snapshot, store, device=device, seed=seed,
-                          embedding_nodes=embedding_nodes)
+                          embedding_nodes=embedding_nodes, workers=workers)
 
 
 @task(name="log-to-mlflow", **_retrying)

@@ -297,13 +297,15 @@ class ScoreConfig(_Section):
     directory. ``top_k``: classes and probabilities kept per node; ``embeddings``: also store the
     last hidden layer; ``drift_alert``: share of changed predictions above which the MLflow run
     is tagged ``graphpipe.drift_alert=true`` and the artifact says ALERT. ``enabled: false`` skips
-    the scoring in the pipeline."""
+    the scoring in the pipeline. ``workers``: local processes sharing the full-graph inference
+    (CPU; the same scores as one process)."""
 
     enabled: bool = True
     model: str | None = None
     top_k: int = Field(default=3, ge=1)
     embeddings: bool = False
     drift_alert: float = Field(default=0.1, ge=0, le=1)
+    workers: int = Field(default=1, ge=1)
 
     @field_validator("model", mode="before")
     @classmethod

@@ -4,19 +4,19 @@ predictions, the test confusion matrix and a 2-D embedding sample."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from storage.arrays import ClusterGraph
 from storage.checkpoints import Checkpoints
 from storage.evaluation import read_metrics, write_evaluation
 from storage.fingerprint import fingerprint_value
 from storage.snapshot import SPLIT_TEST, read_node_ids
 from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store, output_at
-from tasks.evaluate.inference import iter_full_graph
+from tasks.evaluate.parallel import iter_full_graph_ranks, open_graph
 from tasks.evaluate.metrics import confusion_matrix, split_metrics
 from tasks.train.model import load_trained, resolve_device
 from tasks.train.result import TrainResult
@@ -53,6 +53,7 @@ def evaluate_model(
     device: str = "auto",
     seed: int = 0,
     embedding_nodes: int = 5000,
+    workers: int = 1,
 ) -> EvaluationRef:
     """Score every node with the best-validation model and publish the ``evaluation`` output:
     metrics, predictions (in the user's node ids), the test confusion matrix and a 2-D embedding
@@ -66,6 +67,8 @@ def evaluate_model(
         device: ``train.device`` (``auto``, ``cpu``, ``cuda``).
         seed: seeds the node sample of the embedding plot (``train.seed``).
         embedding_nodes: the sample's size (``track.embedding_plot_nodes``).
+        workers: local processes sharing the full-graph inference (``train.world_size``; CPU only,
+            same result as one, see :mod:`tasks.evaluate.parallel`).
 
     An evaluation of the same model on the same node data that is already published is reused
     (``reused=True``); a damaged one is logged and rebuilt.
@@ -75,7 +78,8 @@ def evaluate_model(
     if out.reusable("evaluation"):
         log.info("evaluate: cache hit %s", out.location)
         return EvaluationRef(path=out.location, metrics=read_metrics(out), key=key, reused=True)
-    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
+    reopen = functools.partial(open_graph, node_data.partition.path, node_data.path)
+    graph = reopen()
     model, saved = load_trained(train_result.checkpoint_dir)
     device = resolve_device(device)
     n = graph.num_nodes
@@ -84,8 +88,8 @@ def evaluate_model(
     pred = np.empty(n, dtype=np.int32)
     confidence = np.empty(n, dtype=np.float32)
     sample_hidden: list[np.ndarray] = []
-    blocks = iter_full_graph(model.to(device), graph, device,
-                             scratch_dir=Checkpoints.at(train_result.checkpoint_dir).local_dir())
+    blocks = iter_full_graph_ranks(model.to(device), graph, device, workers,
+                                   scratch_dir=Checkpoints.at(train_result.checkpoint_dir).local_dir(), reopen=reopen)
     for blk in blocks:
         a, b = blk.start, blk.stop
         probs = torch.softmax(torch.from_numpy(blk.logits), dim=1)

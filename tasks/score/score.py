@@ -11,9 +11,11 @@ same model again is a cache hit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +27,7 @@ from storage.scores import ScoresRef, latest, read_scores, write_scores
 from storage.snapshot import read_node_ids
 from storage.store import NodeDataRef, SnapshotRef, Store, output_at
 from tasks.config import ScoreConfig
-from tasks.evaluate.inference import iter_full_graph
+from tasks.evaluate.parallel import iter_full_graph_ranks, open_graph
 from tasks.score.drift import Drift, compute_drift
 from tasks.train.model import GNN, ModelSpec, load_checkpoint, load_trained, resolve_device
 
@@ -58,12 +60,15 @@ def scores_key(weights_digest: str, node_data: NodeDataRef, config: ScoreConfig)
                              {"top_k": config.top_k, "embeddings": config.embeddings})
 
 
-def _infer(model: GNN, graph: ClusterGraph, k: int, embeddings: bool, scratch: Path | None) -> dict[str, np.ndarray]:
+def _infer(model: GNN, graph: ClusterGraph, k: int, embeddings: bool, scratch: Path | None, workers: int = 1,
+           reopen: Any = None) -> dict[str, np.ndarray]:
     """Per node (partition order): prediction, confidence, top-k classes and probabilities and,
-    with ``embeddings``, the last layer's input."""
+    with ``embeddings``, the last layer's input (``workers``, ``reopen``: see
+    :func:`tasks.evaluate.parallel.iter_full_graph_ranks`)."""
     n = graph.num_nodes
     got: dict[str, np.ndarray] = {}
-    for blk in iter_full_graph(model.to(resolve_device("auto")), graph, resolve_device("auto"), scratch_dir=scratch):
+    device = resolve_device("auto")
+    for blk in iter_full_graph_ranks(model.to(device), graph, device, workers, scratch_dir=scratch, reopen=reopen):
         probs = torch.softmax(torch.from_numpy(np.asarray(blk.logits, dtype=np.float32)), dim=1)
         kk = min(k, probs.shape[1])
         if not got:
@@ -122,7 +127,8 @@ def score_nodes(node_data: NodeDataRef, snapshot: SnapshotRef, config: ScoreConf
     if out.reusable("scores"):
         log.info("score: cache hit %s", out.location)
         return ScoresRef(**ref, num_nodes=int(out.manifest()["counts"]["num_nodes"]), reused=True)
-    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
+    reopen = functools.partial(open_graph, node_data.partition.path, node_data.path)
+    graph = reopen()
     _check_width(model, graph, weights)
     perm = np.array(graph.perm)
     order = np.empty_like(perm)
@@ -130,7 +136,7 @@ def score_nodes(node_data: NodeDataRef, snapshot: SnapshotRef, config: ScoreConf
     params = {"top_k": config.top_k, "embeddings": config.embeddings, "model": model_label}
     inputs = {"weights": digest, "node_data": node_data.fingerprint, "snapshot": snapshot.fingerprint}
     with store.publish(out, params=params, inputs=inputs) as w, w.scratch() as scratch:
-        got = _infer(model, graph, config.top_k, config.embeddings, scratch)
+        got = _infer(model, graph, config.top_k, config.embeddings, scratch, config.workers, reopen)
         graph.release()
         table = _table(read_node_ids(output_at(snapshot.path)), got, order)
         write_scores(w, table)
