@@ -210,6 +210,10 @@ def report(args, graph: dict[str, Any], n_old: int, gen: dict[str, Any], res: di
     B.say(B.table(header, rows))
     if args.record:
         B.record("nightly", "bench_nightly: cold run vs incremental nightly run on a graph grown by 1% (issue 12)", header, rows)
+    # behaviour, not timing: a nightly run that re-ingested or re-partitioned everything is a failure (also in --smoke)
+    if not (ok["refreshed"] and ok["reference_full"]):
+        raise SystemExit(f"bench_nightly: nightly run was ingest {night['ingest_mode']!r} ({night['ingest_reason']}), "
+                         f"partition {night['partition']['mode']!r}; reference partition {grown['partition']['mode']!r}")
 
 
 if __name__ == "__main__":
