@@ -94,20 +94,39 @@ def side_pipeline(p: dict[str, Any]) -> dict[str, Any]:
     from flows.pipeline import graph_pipeline
 
     server.wait()
-    summary = graph_pipeline(cfg)
+    state = graph_pipeline(cfg, return_state=True)
+    summary = state.result()
     seconds = time.perf_counter() - t0
+    tasks = _task_seconds(state.state_details.flow_run_id)
     snap = output_at(summary["snapshot"]).manifest()
     lineage = partition_lineage(PartitionRef(path=summary["partition"], fingerprint="", num_parts=0))
     return {"seconds": seconds, "metrics": {k: float(v) for k, v in summary["metrics"].items()},
             "ingest_mode": snap.get("ingest_mode"), "ingest_reason": snap.get("ingest_reason"),
             "counts": snap.get("counts", {}), "partition": {k: v for k, v in lineage.items() if k != "reason"},
-            "partition_reason": str(lineage.get("reason", "")), "champion": summary["mlflow"].get("champion")}
+            "partition_reason": str(lineage.get("reason", "")), "champion": summary["mlflow"].get("champion"),
+            "tasks": tasks}
+
+
+def _task_seconds(flow_run_id) -> dict[str, float]:
+    """Seconds of each Prefect task of the flow run (``train``, ``features-baseline``...), from Prefect's API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    out: dict[str, float] = {}
+    for r in runs:
+        if r.start_time and r.end_time:
+            name = r.name.rsplit("-", 1)[0]
+            out[name] = out.get(name, 0.0) + (r.end_time - r.start_time).total_seconds()
+    return out
 
 
 SIDES = {"generate": side_generate, "pipeline": side_pipeline}
 
 
-def config(root: Path, inp: Path, *, day: int, store: str, epochs: int, patience: int, warm: bool) -> dict[str, Any]:
+def config(root: Path, inp: Path, *, day: int, store: str, epochs: int, patience: int, warm: bool,
+           baseline: bool) -> dict[str, Any]:
     """The pipeline config of one side (as ``graphpipe run --set ...`` would build it)."""
     edges = inp / "edges" / "day-1.parquet" if day == 1 else inp / "edges"
     return {
@@ -115,6 +134,7 @@ def config(root: Path, inp: Path, *, day: int, store: str, epochs: int, patience
         "data": {"name": "nightly_bench", "edges": [str(edges)], "nodes": str(inp / f"nodes-day{day}.parquet")},
         "train": {"epochs": epochs, "patience": patience, "warm_start": warm, "resume": False},
         "track": {"tracking_uri": f"sqlite:///{root / store / 'mlflow.db'}", "experiment": "bench-nightly"},
+        "baseline": {"enabled": baseline},
     }
 
 
@@ -124,6 +144,8 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=None, help="day-1 nodes N (default Amazon2M's 2,449,029); day 2 has N*1.01")
     ap.add_argument("--epochs", type=int, default=None, help="epoch cap of every run (default 30; --smoke 5)")
     ap.add_argument("--patience", type=int, default=None, help="early stopping patience of every run (default 5; --smoke 2)")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="baseline.enabled=false in every run (the features-only MLP trained beside each run)")
     ap.add_argument("--keep", action="store_true", help="keep the stores (default: deleted after the run)")
     args = ap.parse_args()
     if args.side:
@@ -155,7 +177,7 @@ def main() -> None:
         return r
 
     gen = run("generate", "generate", graph=graph, old_nodes=n_old, input_dir=str(inp))
-    common = {"epochs": epochs, "patience": patience}
+    common = {"epochs": epochs, "patience": patience, "baseline": not args.no_baseline}
     run("cold", "pipeline", config=config(root, inp, day=1, store="day", warm=False, **common))
     run("nightly", "pipeline", config=config(root, inp, day=2, store="day", warm=True, **common))
     run("cold_grown", "pipeline", config=config(root, inp, day=2, store="grown", warm=False, **common))
@@ -191,9 +213,13 @@ def report(args, graph: dict[str, Any], n_old: int, gen: dict[str, Any], res: di
                 f"{r['metrics']['test_acc']:.4f}", f"{r['ingest_mode']} / {part['mode']} (cut {part['edge_cut_fraction']:.4f}, "
                 f"imb {float(part.get('imbalance') or 0):.3f})", notes]
 
-    best = lambda r: f"best epoch {int(r['metrics'].get('best_epoch', -1))}"  # noqa: E731
+    def best(r: dict[str, Any]) -> str:
+        t = r.get("tasks", {})
+        top = ", ".join(f"{k} {v:.0f}" for k, v in sorted(t.items(), key=lambda kv: -kv[1])[:5])
+        return f"best epoch {int(r['metrics'].get('best_epoch', -1))}; task s: {top}"
     rows = [
-        row("cold (day 1)", cold, f"fresh store; epochs <= {epochs}, patience {patience}; {best(cold)}"),
+        row("cold (day 1)", cold, f"fresh store; epochs <= {epochs}, patience {patience}, features-only baseline "
+                                f"{'off' if args.no_baseline else 'on'}; {best(cold)}"),
         row("nightly (day 2)", night, f"same store, edges dir (+1 file, {gen['day2_edge_rows']:,} rows), warm start; "
                                       f"{best(night)}; champion {'replaced' if night['champion'] else 'kept'}"),
         row("cold on grown graph", grown, f"fresh store (fresh METIS: the cut reference); {best(grown)}"),
