@@ -22,7 +22,7 @@ test: install
 
 # Each benchmark at tiny sizes, in a throw-away work directory: checks that they run, nothing more
 # (their ratios mean nothing at these sizes). The real runs: benchmarks/README.md.
-BENCHMARKS := ingest partition train_epoch memory amazon2m accuracy cli_startup structural sparse_features defaults faults generator ddp s3
+BENCHMARKS := ingest partition train_epoch memory amazon2m accuracy cli_startup structural sparse_features defaults faults generator ddp s3 nightly
 bench-smoke: install
 	@work=$$(mktemp -d); trap 'rm -rf "$$work"' EXIT; \
 	for b in $(BENCHMARKS); do \
