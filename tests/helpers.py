@@ -82,3 +82,10 @@ def trained_record(result, config) -> dict:
     from storage.store import Store
 
     return Checkpoints(Store(config.store), result.graph, result.key).model()
+
+
+def config_with(cfg, store, *overrides: str):
+    """``cfg`` with its store moved to ``store`` and ``overrides`` (``key=value``) applied."""
+    from tasks.config import load_config
+
+    return load_config(None, list(overrides), base=cfg.model_dump(mode="json") | {"store": str(store)})

@@ -19,7 +19,7 @@ from tasks.train.batching import AdjacencyNorm, build_batch
 from tasks.train.model import GNN, ModelSpec, load_checkpoint
 from tasks.train.steps import (_edge_share, clusters_for_edge_share, expected_edge_share, partition_cut_fraction,
                                resolve_clusters_per_batch, train_epoch, warm_start_mismatch)
-from tests.helpers import cluster_graph, prepared_generated, trained_record
+from tests.helpers import config_with, cluster_graph, prepared_generated, trained_record
 from tests.helpers import train as train_cluster_gcn
 
 
@@ -29,10 +29,6 @@ def prepared(tmp_path_factory) -> tuple[PipelineConfig, NodeDataRef]:
                                        ["train.epochs=8", "train.hidden=16", "partition.num_parts=8"],
                                        num_nodes=1500, num_classes=4, num_features=16, seed=3)
     return cfg, prepared.node_data
-
-
-def _with(cfg: PipelineConfig, store: Path, *overrides: str) -> PipelineConfig:
-    return load_config(None, list(overrides), base=cfg.model_dump(mode="json") | {"store": str(store)})
 
 
 # -- early stopping -----------------------------------------------------------------------------
@@ -53,10 +49,10 @@ def test_patience_negative_is_rejected():
 
 def test_patience_off_runs_every_epoch_and_on_stops_with_the_best_weights(prepared, tmp_path):
     cfg, nd = prepared
-    fixed_cfg = _with(cfg, tmp_path / "a", "train.epochs=12", "train.patience=0", "train.lr=0.05")
+    fixed_cfg = config_with(cfg, tmp_path / "a", "train.epochs=12", "train.patience=0", "train.lr=0.05")
     fixed = train_cluster_gcn(nd, fixed_cfg)
     assert fixed.epochs_run == 12
-    early_cfg = _with(cfg, tmp_path / "b", "train.epochs=40", "train.patience=2", "train.lr=0.05")
+    early_cfg = config_with(cfg, tmp_path / "b", "train.epochs=40", "train.patience=2", "train.lr=0.05")
     early = train_cluster_gcn(nd, early_cfg)
     record = trained_record(early, early_cfg)
     history = record["history"]
@@ -71,17 +67,17 @@ def test_patience_off_runs_every_epoch_and_on_stops_with_the_best_weights(prepar
 
 def test_warm_start_when_architecture_and_features_match_cold_otherwise(prepared, tmp_path, caplog):
     cfg, nd = prepared
-    first_cfg = _with(cfg, tmp_path / "a", "train.epochs=3")
+    first_cfg = config_with(cfg, tmp_path / "a", "train.epochs=3")
     first = train_cluster_gcn(nd, first_cfg)
     weights = Checkpoints(Store(first_cfg.store), first.graph, first.key).model_location()
     saved = load_checkpoint(weights)
     layout = saved["feature_layout"]
     assert layout["num_features"] == 16 and layout["normalization"]  # recorded with the weights
 
-    warm = train_cluster_gcn(nd, _with(cfg, tmp_path / "b", "train.epochs=1", "train.dropout=0.2"), init_from=weights)
+    warm = train_cluster_gcn(nd, config_with(cfg, tmp_path / "b", "train.epochs=1", "train.dropout=0.2"), init_from=weights)
     assert warm.warm_started  # dropout is not part of the architecture
     with caplog.at_level(logging.WARNING, logger="tasks.train.steps"):
-        wider = train_cluster_gcn(nd, _with(cfg, tmp_path / "c", "train.epochs=1", "train.hidden=32"), init_from=weights)
+        wider = train_cluster_gcn(nd, config_with(cfg, tmp_path / "c", "train.epochs=1", "train.hidden=32"), init_from=weights)
     assert not wider.warm_started
     assert "hidden: 16 -> 32" in caplog.text and "random weights" in caplog.text
 
@@ -180,7 +176,7 @@ def test_low_edge_share_warns_once_with_advice():
 def test_training_logs_batch_edge_share_each_epoch(prepared, tmp_path):
     cfg, nd = prepared
     seen = []
-    train_cluster_gcn(nd, _with(cfg, tmp_path, "train.epochs=2", "train.patience=0"),
+    train_cluster_gcn(nd, config_with(cfg, tmp_path, "train.epochs=2", "train.patience=0"),
                       on_epoch=lambda e, m: seen.append(m["batch_edge_share"]))
     assert len(seen) == 2 and all(0 < s <= 1 for s in seen)
 

@@ -14,7 +14,7 @@ from tasks.train.batching import AdjacencyNorm
 from tasks.prepare import prepare_graph
 from tasks.train.loaders import Prefetcher
 from tasks.train.steps import resolve_clusters_per_batch, train_epoch
-from tests.helpers import prepared_generated, trained_record
+from tests.helpers import config_with, prepared_generated, trained_record
 from tests.helpers import train as train_cluster_gcn
 
 
@@ -30,13 +30,9 @@ def prepared(tmp_path_factory) -> tuple[PipelineConfig, NodeDataRef]:
     return cfg, prepared.node_data
 
 
-def _with(cfg: PipelineConfig, store: Path, *overrides: str) -> PipelineConfig:
-    return load_config(None, list(overrides), base=cfg.model_dump(mode="json") | {"store": str(store)})
-
-
 def test_training_learns_and_keeps_best_validation_weights(prepared, tmp_path):
     cfg, nd = prepared
-    cfg15 = _with(cfg, tmp_path, "train.epochs=15")
+    cfg15 = config_with(cfg, tmp_path, "train.epochs=15")
     result = train_cluster_gcn(nd, cfg15)
     saved = trained_record(result, cfg15)
     history = saved["history"]
@@ -51,19 +47,19 @@ def test_training_learns_and_keeps_best_validation_weights(prepared, tmp_path):
 
 def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(prepared, tmp_path):
     cfg, nd = prepared
-    full = train_cluster_gcn(nd, _with(cfg, tmp_path / "a", "train.prefetch=0"))
+    full = train_cluster_gcn(nd, config_with(cfg, tmp_path / "a", "train.prefetch=0"))
 
     def kill_at_3(epoch, metrics):
         if epoch == 3:
             raise Killed
 
-    resumable = _with(cfg, tmp_path / "b", "train.prefetch=0")
+    resumable = config_with(cfg, tmp_path / "b", "train.prefetch=0")
     with pytest.raises(Killed):
         train_cluster_gcn(nd, resumable, on_epoch=kill_at_3)
     resumed = train_cluster_gcn(nd, resumable)
     assert resumed.resumed_from_epoch == 3
     assert resumed.epochs_run == 6
-    a = trained_record(full, _with(cfg, tmp_path / "a", "train.prefetch=0"))
+    a = trained_record(full, config_with(cfg, tmp_path / "a", "train.prefetch=0"))
     b = trained_record(resumed, resumable)
     assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-5)
     for k in a["state_dict"]:
@@ -142,16 +138,16 @@ def test_warm_start_from_earlier_weights_only_when_they_fit(prepared, tmp_path):
     from storage.checkpoints import Checkpoints
     from storage.store import Store
 
-    first_cfg = _with(cfg, tmp_path / "a", "train.epochs=10")
+    first_cfg = config_with(cfg, tmp_path / "a", "train.epochs=10")
     first = train_cluster_gcn(nd, first_cfg)
     weights = Checkpoints(Store(first_cfg.store), first.graph, first.key).model_location()
-    cold_cfg, warm_cfg = _with(cfg, tmp_path / "b", "train.epochs=1"), _with(cfg, tmp_path / "c", "train.epochs=1")
+    cold_cfg, warm_cfg = config_with(cfg, tmp_path / "b", "train.epochs=1"), config_with(cfg, tmp_path / "c", "train.epochs=1")
     cold = train_cluster_gcn(nd, cold_cfg)
     warm = train_cluster_gcn(nd, warm_cfg, init_from=weights)
     assert warm.warm_started and not cold.warm_started
     assert trained_record(warm, warm_cfg)["history"][0]["loss"] < trained_record(cold, cold_cfg)["history"][0]["loss"]
     assert warm.checkpoint_dir != cold.checkpoint_dir  # initial weights are part of the checkpoint key
-    wider = train_cluster_gcn(nd, _with(cfg, tmp_path / "d", "train.epochs=1", "train.hidden=32"), init_from=weights)
+    wider = train_cluster_gcn(nd, config_with(cfg, tmp_path / "d", "train.epochs=1", "train.hidden=32"), init_from=weights)
     assert not wider.warm_started
 
 
@@ -159,8 +155,8 @@ def test_worker_processes_assemble_the_same_batches_as_the_thread(prepared, tmp_
     """train.loader_workers=2 (spawned processes, as on a GPU machine) trains exactly like the
     default background thread: same batches, same order, same losses."""
     cfg, nd = prepared
-    t_cfg = _with(cfg, tmp_path / "t", "train.epochs=3", "train.loader_workers=0")
-    p_cfg = _with(cfg, tmp_path / "p", "train.epochs=3", "train.loader_workers=2")
+    t_cfg = config_with(cfg, tmp_path / "t", "train.epochs=3", "train.loader_workers=0")
+    p_cfg = config_with(cfg, tmp_path / "p", "train.epochs=3", "train.loader_workers=2")
     thread, procs = train_cluster_gcn(nd, t_cfg), train_cluster_gcn(nd, p_cfg)
     h_thread = trained_record(thread, t_cfg)["history"]
     h_procs = trained_record(procs, p_cfg)["history"]
