@@ -207,9 +207,15 @@ class TrainConfig(_Section):
     loader_workers: int | Literal["auto"] = Field(default="auto")
     resume: bool = True
     warm_start: bool = False  # start from the registered champion's weights when they fit
+    # a warm start that happened (the champion's weights fit) is fine-tuning with its own budget:
+    # the loaded weights are validated first (epoch 0, the best so far), then at most warm_epochs
+    # epochs, stopping after warm_patience epochs without beating the best (0/none/off: exactly
+    # warm_epochs); a cold run ignores both
+    warm_epochs: int = Field(default=20, ge=1)
+    warm_patience: int | None = Field(default=3, ge=1)
     world_size: int = Field(default=1, ge=1)
 
-    @field_validator("patience", mode="before")
+    @field_validator("patience", "warm_patience", mode="before")
     @classmethod
     def _patience_off(cls, v: Any) -> Any:
         """``0``, ``none``, ``off``, ``false`` (any case) or null: no early stopping."""

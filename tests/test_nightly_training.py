@@ -74,7 +74,7 @@ def test_warm_start_when_architecture_and_features_match_cold_otherwise(prepared
     layout = saved["feature_layout"]
     assert layout["num_features"] == 16 and layout["normalization"]  # recorded with the weights
 
-    warm = train_cluster_gcn(nd, config_with(cfg, tmp_path / "b", "train.epochs=1", "train.dropout=0.2"), init_from=weights)
+    warm = train_cluster_gcn(nd, config_with(cfg, tmp_path / "b", "train.warm_epochs=1", "train.dropout=0.2"), init_from=weights)
     assert warm.warm_started  # dropout is not part of the architecture
     with caplog.at_level(logging.WARNING, logger="tasks.train.steps"):
         wider = train_cluster_gcn(nd, config_with(cfg, tmp_path / "c", "train.epochs=1", "train.hidden=32"), init_from=weights)
@@ -88,6 +88,88 @@ def test_warm_start_when_architecture_and_features_match_cold_otherwise(prepared
     assert why is not None and "normalization" in why
     unrecorded = {k: v for k, v in saved.items() if k != "feature_layout"}
     assert "do not record" in warm_start_mismatch(spec, layout, unrecorded)
+
+
+# -- warm start = fine-tuning with its own budget ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def champion(prepared, tmp_path_factory) -> str:
+    """The weights of a finished cold run (``train.hidden=16``) on the prepared graph."""
+    cfg, nd = prepared
+    first_cfg = config_with(cfg, tmp_path_factory.mktemp("champion"), "train.epochs=6", "train.patience=0")
+    first = train_cluster_gcn(nd, first_cfg)
+    return Checkpoints(Store(first_cfg.store), first.graph, first.key).model_location()
+
+
+def test_fine_tuning_that_never_beats_the_champion_stops_on_warm_patience_with_its_weights(prepared, champion, tmp_path,
+                                                                                          caplog):
+    cfg, nd = prepared
+    # a learning rate too small to change a prediction: no epoch can beat the loaded weights
+    warm_cfg = config_with(cfg, tmp_path, "train.epochs=40", "train.patience=30", "train.lr=1e-12",
+                           "train.warm_patience=3", "train.warm_epochs=20")
+    with caplog.at_level(logging.INFO, logger="tasks.train.steps"):
+        warm = train_cluster_gcn(nd, warm_cfg, init_from=champion)
+    assert warm.warm_started
+    assert warm.best_epoch == 0 and warm.epochs_run == 3  # the warm budget, not the cold patience of 30
+    record = trained_record(warm, warm_cfg)
+    assert [h["epoch"] for h in record["history"]] == [0, 1, 2, 3]
+    epoch0 = record["history"][0]
+    assert 0 < epoch0["val_acc"] <= 1 and 0 < epoch0["train_acc"] <= 1 and "loss" not in epoch0
+    assert warm.best_val_acc == pytest.approx(epoch0["val_acc"])
+    loaded = load_checkpoint(champion)["state_dict"]
+    saved = record["state_dict"]
+    assert set(loaded) <= set(saved)
+    assert all(torch.equal(loaded[k], saved[k]) for k in loaded)  # exactly the champion's weights
+    assert "the saved model is the champion's weights" in caplog.text
+
+
+def test_fine_tuning_without_warm_patience_runs_warm_epochs_and_resumes_after_epoch_0(prepared, champion, tmp_path):
+    cfg, nd = prepared
+    warm_cfg = config_with(cfg, tmp_path, "train.epochs=40", "train.warm_patience=off", "train.warm_epochs=3")
+
+    def crash(epoch, metrics):
+        if epoch == 1:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_cluster_gcn(nd, warm_cfg, init_from=champion, on_epoch=crash)
+    resumed = train_cluster_gcn(nd, warm_cfg, init_from=champion)
+    assert resumed.warm_started and resumed.resumed_from_epoch == 1 and resumed.epochs_run == 3
+    history = trained_record(resumed, warm_cfg)["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]  # epoch 0 once: kept in the checkpoint
+    assert resumed.best_val_acc == pytest.approx(max(h["val_acc"] for h in history))
+
+
+def test_cold_run_ignores_the_warm_budget_and_its_key_does_not_depend_on_it(prepared, tmp_path):
+    from tasks.train.steps import checkpoint_key
+
+    cfg, nd = prepared
+    cold_cfg = config_with(cfg, tmp_path, "train.epochs=4", "train.patience=0", "train.warm_epochs=1",
+                           "train.warm_patience=1")
+    cold = train_cluster_gcn(nd, cold_cfg)
+    assert not cold.warm_started and cold.epochs_run == 4
+    assert [h["epoch"] for h in trained_record(cold, cold_cfg)["history"]] == [1, 2, 3, 4]
+    other = cold_cfg.train.model_copy(update={"warm_epochs": 7, "warm_patience": None})
+    assert checkpoint_key(nd, cold_cfg.train) == checkpoint_key(nd, other)
+    assert checkpoint_key(nd, cold_cfg.train, "champion") != checkpoint_key(nd, other, "champion")
+
+
+def test_mismatching_champion_falls_back_to_a_cold_run_with_the_cold_budget(prepared, champion, tmp_path):
+    cfg, nd = prepared
+    wider_cfg = config_with(cfg, tmp_path, "train.hidden=32", "train.epochs=4", "train.patience=0",
+                            "train.warm_epochs=1")
+    wider = train_cluster_gcn(nd, wider_cfg, init_from=champion)
+    assert not wider.warm_started and wider.epochs_run == 4
+    assert [h["epoch"] for h in trained_record(wider, wider_cfg)["history"]] == [1, 2, 3, 4]
+
+
+def test_warm_budget_settings_parse_like_patience():
+    assert load_config(None, []).train.warm_patience == 3
+    assert load_config(None, []).train.warm_epochs == 20
+    assert load_config(None, ["train.warm_patience=off"]).train.warm_patience is None
+    assert load_config(None, ["train.warm_patience=0"]).train.warm_patience is None
+    flat = load_config(None, []).flat()
+    assert flat["train.warm_patience"] == 3 and flat["train.warm_epochs"] == 20  # MLflow params
 
 
 # -- registry -----------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ import numpy as np  # noqa: E402
 
 
 def learning_curves(history: list[dict[str, float]], path: Path) -> Path:
-    """Loss and train/validation accuracy per epoch."""
-    epochs = [h["epoch"] for h in history]
+    """Loss and train/validation accuracy per epoch (a warm start's epoch 0, the loaded weights
+    validated before fine-tuning, has accuracies and no loss)."""
+    trained = [h for h in history if "loss" in h]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["loss"] for h in history], label="train loss")
+    ax_loss.plot([h["epoch"] for h in trained], [h["loss"] for h in trained], label="train loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.legend()

@@ -41,6 +41,7 @@ from tasks.train.result import TrainResult
 log = logging.getLogger(__name__)
 
 _NOT_IN_KEY = {"device", "prefetch", "resume", "loader_workers"}
+_WARM_ONLY = ("warm_epochs", "warm_patience")  # in the key of warm-started runs only
 PROGRESS_SECONDS = 10.0
 
 OnEpoch = Callable[[int, dict[str, float]], None]
@@ -128,10 +129,15 @@ def checkpoint_key(node_data: NodeDataRef, config: TrainConfig, init_from: str |
     """Checkpoints are shared by runs with the same node data, settings and initial weights.
 
     Settings that do not change the result (device, prefetch, loader processes) are left out;
-    ``world_size`` only when it is 1, so that single-process keys stay what they always were."""
+    ``world_size`` only when it is 1, so that single-process keys stay what they always were;
+    the fine-tuning budget (``warm_epochs``, ``warm_patience``) only with ``init_from`` (a cold
+    run ignores it, so its key does not change with it)."""
     params = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
     if params.get("world_size", 1) == 1:
         params.pop("world_size", None)
+    if init_from is None:
+        for k in _WARM_ONLY:
+            params.pop(k, None)
     return fingerprint_value("train-v1", node_data.fingerprint, params, init_from)
 
 
@@ -213,7 +219,8 @@ class Rank:
 @dataclass
 class Training:
     """Everything the steps share: the data, the model, the optimizer and the bookkeeping that a
-    checkpoint saves (``state``)."""
+    checkpoint saves (``state``). ``config`` is the run's effective train section: for a warm
+    start that happened, ``epochs``/``patience`` are the fine-tuning budget (:func:`fine_tuning`)."""
 
     node_data: NodeDataRef
     config: TrainConfig
@@ -285,6 +292,21 @@ def _warm_start(model: GNN, spec: ModelSpec, layout: dict[str, Any], path: str) 
     return True
 
 
+def fine_tuning(config: TrainConfig) -> TrainConfig:
+    """The train section of a warm-started run: ``epochs`` = ``warm_epochs`` and ``patience`` =
+    ``warm_patience`` (None: exactly ``warm_epochs`` epochs). A cold run keeps ``config``."""
+    return config.model_copy(update={"epochs": config.warm_epochs, "patience": config.warm_patience})
+
+
+def _agree(rank: Rank, value: bool) -> bool:
+    """Rank 0's ``value`` on every rank (it alone loads the warm-start weights)."""
+    if rank.world_size == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
 def _resumable(t: Training) -> dict[str, Any] | None:
     """The saved state to resume from (rank 0 reads it; every rank gets it), or None."""
     saved = t.ckpt.last() if t.rank.lead and t.config.resume else None
@@ -323,7 +345,12 @@ def setup(node_data: NodeDataRef, config: TrainConfig, ckpt: Checkpoints, *, num
     torch.manual_seed(config.seed)
     model = GNN(spec).to(device)
     layout = feature_layout(node_data, graph)
-    warm = rank.lead and init_from is not None and _warm_start(model, spec, layout, init_from)
+    warm = _agree(rank, rank.lead and init_from is not None and _warm_start(model, spec, layout, init_from))
+    if warm:
+        config = fine_tuning(config)
+        log.info("train: fine-tuning budget: at most %d epochs, %s", config.epochs,
+                 f"stopping after {config.patience} without beating the loaded weights" if config.patience
+                 else "no early stopping")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     cut = partition_cut_fraction(node_data, graph) if config.clusters_per_batch == "auto" else None
     t = Training(node_data, config, ckpt, graph, device, classes, resolve_clusters_per_batch(graph, config, cut), spec,
@@ -344,6 +371,20 @@ def setup(node_data: NodeDataRef, config: TrainConfig, ckpt: Checkpoints, *, num
              spec.kind, graph.num_nodes, graph.num_parts, t.clusters_per_batch, classes, device, rank.rank,
              rank.world_size)
     return t
+
+
+def validate_loaded(t: Training) -> None:
+    """Epoch 0 of a warm-started run (rank 0, not on a resume that already did it): the loaded
+    weights validated on this graph, recorded in the history and kept as the best so far, so that
+    fine-tuning must beat them and the champion's weights are what is saved when nothing does."""
+    if not (t.warm and t.rank.lead and not t.state["history"]):
+        return
+    metrics: dict[str, float] = {}
+    validate(t, 0, metrics)
+    t.state["history"].append({"epoch": 0, **metrics})
+    save_checkpoint(t)
+    log.info("train: the loaded weights on this graph (epoch 0): val_acc %.4f, train_acc %.4f",
+             metrics["val_acc"], metrics["train_acc"])
 
 
 def run_epoch(t: Training, loader: BatchLoader, epoch: int) -> dict[str, float]:
@@ -439,6 +480,9 @@ def finish(t: Training) -> TrainResult:
         rank_batches = [int(c) for c in counts]
     if t.rank.lead:
         best_state = t.state["best_state"] if t.state["best_state"] is not None else t.model.state_dict()
+        if t.warm and t.state["best_epoch"] == 0:
+            log.info("train: fine-tuning did not beat the loaded weights (val %.4f) in %d epochs: the saved model "
+                     "is the champion's weights", t.state["best_val"], t.state["epoch"])
         t.ckpt.save_model(plain_checkpoint({
             "spec": t.spec.to_dict(), "state_dict": best_state, "num_classes": t.num_classes,
             "feature_layout": t.feature_layout,
@@ -464,7 +508,8 @@ def train_rank(node_data: NodeDataRef, config: TrainConfig, ckpt: Checkpoints, *
               device=device or resolve_device(config.device))
     loader = open_loader(node_data, t.graph, t.spec.adjacency, config, t.device)
     try:
-        for epoch in range(t.state["epoch"] + 1, config.epochs + 1):
+        validate_loaded(t)
+        for epoch in range(t.state["epoch"] + 1, t.config.epochs + 1):
             metrics = run_epoch(t, loader, epoch)
             if rank.lead:
                 _lead_epoch_end(t, epoch, metrics, on_epoch)
