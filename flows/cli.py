@@ -102,7 +102,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"  {split:5s} accuracy {m[f'{split}_acc']:.4f}   macro-F1 {m[f'{split}_macro_f1']:.4f}")
     base = summary.get("baseline")
     if base:
-        print(f"  features only ({base['model']}, no graph): val accuracy {base['val_acc']:.4f}   test accuracy {base['test_acc']:.4f}")
+        print(f"  features only ({base['model']}{', reused' if base.get('mode') == 'reused' else ''}, no graph): val accuracy {base['val_acc']:.4f}   test accuracy {base['test_acc']:.4f}")
     health = summary.get("health")
     if health and health["status"] != "ok":
         print(f"  WARNING: {health['reason']}")

@@ -85,7 +85,7 @@ def _train_and_track(cfg: PipelineConfig, store: Store, snapshot, train_on: str 
         evaluation = stages.evaluate(trained, node_data, snapshot, store, device=cfg.train.device,
                                      seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes,
                                      workers=cfg.train.world_size)
-        base = quality.baseline(node_data, cfg, trained.num_classes, run)
+        base = quality.baseline(node_data, snapshot, cfg.baseline, trained.num_classes, store, run)
         health = quality.check_health(run, cfg, features, node_data, trained, evaluation, base)
         tracked = stages.log_run(run, cfg, snapshot, features, node_data, trained, evaluation,
                                  notes=quality.markdown(base, health, evaluation.metrics))

@@ -15,31 +15,39 @@ from prefect import get_run_logger, task
 
 from flows.stages import _retrying, read_history
 from storage.arrays import ClusterGraph
-from storage.store import FeaturesRef, NodeDataRef, Store, output_at
+from storage.store import FeaturesRef, NodeDataRef, SnapshotRef, Store, output_at
 from tasks.track import tracking as track_mod
-from tasks.evaluate.baseline import BaselineResult, train_baseline
-from tasks.config import PipelineConfig
+from tasks.evaluate.baseline import BaselineResult, run_baseline
+from tasks.config import BaselineConfig, PipelineConfig
 from tasks.evaluate.evaluate import EvaluationRef
 from tasks.evaluate.health import Health, chance_level, check_run_health
 from tasks.train.result import TrainResult
 
 
 @task(name="features-baseline", **_retrying)
-def baseline(node_data: NodeDataRef, config: PipelineConfig, num_classes: int,
+def baseline(node_data: NodeDataRef, snapshot: SnapshotRef, config: BaselineConfig, num_classes: int, store: Store,
              run: track_mod.RunRef | None = None) -> BaselineResult | None:
-    """Train the features-only model (``baseline.enabled``) and log ``baseline_val_acc``,
-    ``baseline_test_acc`` (and ``baseline_train_acc``) to the MLflow run."""
-    if not config.baseline.enabled:
+    """The features-only model (``baseline.enabled``): trained, or the graph's stored result
+    reused on a snapshot that barely grew (:func:`tasks.evaluate.baseline.run_baseline`); logs
+    ``baseline_val_acc``, ``baseline_test_acc`` (and ``baseline_train_acc``) and the tags
+    ``graphpipe.baseline_mode`` (``trained`` | ``reused``) and ``graphpipe.baseline_from`` (the
+    snapshot it was trained on) to the MLflow run."""
+    if not config.enabled:
         return None
-    result = train_baseline(node_data, config.baseline, num_classes)
-    get_run_logger().info(
-        "features-only baseline (%s): val_acc %.4f, test_acc %.4f (%.1f s)",
-        result.model, result.val_acc, result.test_acc, result.seconds,
-    )
+    result = run_baseline(node_data, snapshot, config, num_classes, store)
+    if result.mode == "reused":
+        get_run_logger().info("features-only baseline (%s) reused from snapshot %s: val_acc %.4f, test_acc %.4f (%s)",
+                              result.model, result.trained_on, result.val_acc, result.test_acc, result.reason)
+    else:
+        get_run_logger().info("features-only baseline (%s) trained: val_acc %.4f, test_acc %.4f (%.1f s; %s)",
+                              result.model, result.val_acc, result.test_acc, result.seconds, result.reason)
     if run is not None:
         track_mod.log_epoch(run, 0, result.metrics())
         track_mod.log_tags(run, {"graphpipe.baseline_model": result.model,
-                                 "graphpipe.baseline_best_epoch": result.best_epoch})
+                                 "graphpipe.baseline_best_epoch": result.best_epoch,
+                                 "graphpipe.baseline_mode": result.mode,
+                                 "graphpipe.baseline_from": result.trained_on,
+                                 "graphpipe.baseline_reason": result.reason[:5000]})
     return result
 
 
@@ -82,6 +90,8 @@ def markdown(base: BaselineResult | None, health: Health, metrics: dict[str, flo
             f"| graph model | {metrics.get('val_acc', float('nan')):.4f} | {metrics.get('test_acc', float('nan')):.4f} |\n"
             f"| features only ({base.model}) | {base.val_acc:.4f} | {base.test_acc:.4f} |\n\n"
         )
+        if base.mode == "reused":
+            out += f"Features-only baseline reused from snapshot {base.trained_on} ({base.reason}).\n\n"
     return out + health.markdown()
 
 

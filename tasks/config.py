@@ -272,6 +272,14 @@ class BaselineConfig(_Section):
     patience: int = Field(default=30, ge=1)
     batch_size: int = Field(default=4096, ge=1)
     seed: int = 0
+    # reuse (tasks/evaluate/baseline.py): a run takes the graph's stored baseline result instead of
+    # training when the settings above and the features' normalization are the same, its snapshot
+    # grew from the one the baseline last ran on by incremental ingest (existing nodes' labels and
+    # features unchanged), the labeled nodes grew by at most reuse_max_growth (relative) since the
+    # baseline was trained, and it was reused fewer than max_reuses times in a row
+    reuse: bool = True
+    reuse_max_growth: float = Field(default=0.05, ge=0)
+    max_reuses: int = Field(default=7, ge=0)
 
 
 class TuneConfig(_Section):

@@ -141,11 +141,14 @@ def test_warm_start_from_earlier_weights_only_when_they_fit(prepared, tmp_path):
     first_cfg = config_with(cfg, tmp_path / "a", "train.epochs=10")
     first = train_cluster_gcn(nd, first_cfg)
     weights = Checkpoints(Store(first_cfg.store), first.graph, first.key).model_location()
-    cold_cfg, warm_cfg = config_with(cfg, tmp_path / "b", "train.epochs=1"), config_with(cfg, tmp_path / "c", "train.epochs=1")
+    cold_cfg = config_with(cfg, tmp_path / "b", "train.epochs=1")
+    warm_cfg = config_with(cfg, tmp_path / "c", "train.warm_epochs=1")
     cold = train_cluster_gcn(nd, cold_cfg)
     warm = train_cluster_gcn(nd, warm_cfg, init_from=weights)
     assert warm.warm_started and not cold.warm_started
-    assert trained_record(warm, warm_cfg)["history"][0]["loss"] < trained_record(cold, cold_cfg)["history"][0]["loss"]
+    warm_history = trained_record(warm, warm_cfg)["history"]  # epoch 0: the loaded weights validated
+    assert [h["epoch"] for h in warm_history] == [0, 1]
+    assert warm_history[1]["loss"] < trained_record(cold, cold_cfg)["history"][0]["loss"]
     assert warm.checkpoint_dir != cold.checkpoint_dir  # initial weights are part of the checkpoint key
     wider = train_cluster_gcn(nd, config_with(cfg, tmp_path / "d", "train.epochs=1", "train.hidden=32"), init_from=weights)
     assert not wider.warm_started

@@ -10,6 +10,14 @@ rows, and the final accuracies are computed over every labeled node in row chunk
 Its validation and test accuracy are logged beside every run (``baseline_val_acc``,
 ``baseline_test_acc``), so a reviewer sees what the graph adds, and the failing-run check
 (:mod:`tasks.evaluate.health`) compares the GNN with it.
+
+Reuse (:func:`run_baseline`): a nightly graph that barely grew does not need a new baseline. After
+training, the result is stored with what it ran on (:mod:`storage.baseline`); a later run reuses it
+when the baseline settings and the features' normalization are the same, its snapshot extends the
+one the stored baseline last served (incremental ingest recorded it: :func:`tasks.ingest.incremental.grew_from`),
+the labeled nodes grew by at most ``baseline.reuse_max_growth`` since the training, and fewer than
+``baseline.max_reuses`` reuses came in a row; otherwise it trains and logs why (as the partition
+refresh does).
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import copy
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from storage.arrays import ClusterGraph
+from storage.baseline import read_baseline_record, write_baseline_record
 from storage.snapshot import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
-from storage.store import NodeDataRef, output_at
+from storage.store import NodeDataRef, SnapshotRef, Store, output_at
 from tasks.config import BaselineConfig
+from tasks.ingest.incremental import grew_from
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,9 @@ class BaselineResult:
     best_epoch: int
     epochs_run: int
     seconds: float
+    mode: str = "trained"  # or "reused": the stored result of an earlier run (run_baseline)
+    trained_on: str = ""  # the fingerprint of the snapshot it was trained on ("" when not known)
+    reason: str = ""  # why it was trained or reused
 
     def metrics(self) -> dict[str, float]:
         """The MLflow metrics: ``baseline_train_acc``, ``baseline_val_acc``, ``baseline_test_acc``."""
@@ -182,4 +196,93 @@ def train_baseline(node_data: NodeDataRef, config: BaselineConfig, num_classes: 
     )
     log.info("baseline (%s, features only): train_acc %.4f, val_acc %.4f, test_acc %.4f (best epoch %d of %d, %.1f s)",
              kind, result.train_acc, result.val_acc, result.test_acc, best_epoch, epoch, result.seconds)
+    return result
+
+
+# -- reuse ----------------------------------------------------------------------------------------
+
+_POLICY = ("enabled", "reuse", "reuse_max_growth", "max_reuses")  # not part of what a result depends on
+_RESULT = ("model", "train_acc", "val_acc", "test_acc", "best_epoch", "epochs_run", "seconds")
+
+
+def baseline_settings(config: BaselineConfig, num_classes: int) -> dict[str, Any]:
+    """What a baseline result depends on besides the data: the training settings (not the reuse
+    policy) and the number of classes."""
+    settings = {k: v for k, v in config.model_dump(mode="json").items() if k not in _POLICY}
+    return {**settings, "num_classes": int(num_classes)}
+
+
+def _facts(node_data: NodeDataRef) -> dict[str, Any]:
+    """Tonight's labeled-node count and features' normalization (the first layer's layout)."""
+    from tasks.train.steps import feature_layout
+
+    graph = ClusterGraph.open(output_at(node_data.partition.path), output_at(node_data.path))
+    return {"labeled": int(np.count_nonzero(np.asarray(graph.y) >= 0)),
+            "normalization": feature_layout(node_data, graph)}
+
+
+def reuse_problem(record: dict[str, Any] | None, *, snapshot: SnapshotRef, store: Store, config: BaselineConfig,
+                  settings: dict[str, Any], facts: dict[str, Any]) -> str:
+    """Why the stored baseline ``record`` cannot serve this run (a reason to train), or ``""``.
+
+    Args:
+        record: the graph's stored baseline (:func:`storage.baseline.read_baseline_record`).
+        snapshot: this run's snapshot.
+        store: the store (the snapshots' manifests record their incremental-ingest lineage).
+        config: the baseline section (the reuse policy).
+        settings: :func:`baseline_settings` of this run.
+        facts: this run's labeled-node count and normalization (``_facts``).
+    """
+    if not config.reuse:
+        return "baseline.reuse=false"
+    if record is None:
+        return "no stored baseline of this graph"
+    try:
+        if record["settings"] != settings:
+            changed = sorted(k for k in {*settings, *record["settings"]} if record["settings"].get(k) != settings.get(k))
+            return f"the baseline settings changed since the stored baseline ({', '.join(changed)})"
+        if record["normalization"] != facts["normalization"]:
+            return "the features' normalization changed since the stored baseline"
+        if int(record["reuses"]) >= config.max_reuses:
+            return f"reused {record['reuses']} times in a row (baseline.max_reuses={config.max_reuses})"
+        why = grew_from(store, snapshot.name, snapshot.fingerprint, str(record["last_snapshot"]))
+        if why is not None:
+            return f"the snapshot does not extend the stored baseline's: {why}"
+        before = int(record["labeled"])
+        growth = (facts["labeled"] - before) / max(before, 1)
+        if not 0 <= growth <= config.reuse_max_growth:
+            return (f"the labeled nodes grew by {100 * growth:.1f}% ({before} -> {facts['labeled']}) since the stored "
+                    f"baseline was trained (baseline.reuse_max_growth={100 * config.reuse_max_growth:.1f}%)")
+    except (KeyError, TypeError, ValueError) as e:
+        return f"the stored baseline record is incomplete ({e!r})"
+    return ""
+
+
+def run_baseline(node_data: NodeDataRef, snapshot: SnapshotRef, config: BaselineConfig, num_classes: int,
+                 store: Store) -> BaselineResult:
+    """The run's features-only baseline: the graph's stored result when it may be reused
+    (:func:`reuse_problem`), else a newly trained one (:func:`train_baseline`), stored for later
+    runs. The reason is logged and kept in the result's ``reason``.
+
+    Caveat: a reused result's accuracies are those measured on the snapshot it was trained on
+    (its ``trained_on``), whose labeled nodes differ from tonight's by at most ``reuse_max_growth``.
+    """
+    settings = baseline_settings(config, num_classes)
+    facts = _facts(node_data)
+    record = read_baseline_record(store, snapshot.name)
+    why = reuse_problem(record, snapshot=snapshot, store=store, config=config, settings=settings, facts=facts)
+    if not why and record is not None:
+        reuses = int(record["reuses"]) + 1
+        reason = (f"the snapshot extends {record['last_snapshot']}; labeled nodes {record['labeled']} -> "
+                  f"{facts['labeled']}; reuse {reuses} of at most {config.max_reuses} in a row")
+        write_baseline_record(store, snapshot.name, {**record, "reuses": reuses, "last_snapshot": snapshot.fingerprint})
+        log.info("baseline: reused from snapshot %s (%s)", record["trained_on"], reason)
+        return BaselineResult(**{k: record["result"][k] for k in _RESULT}, mode="reused",
+                              trained_on=str(record["trained_on"]), reason=reason)
+    log.info("baseline: training (%s)", why)
+    result = replace(train_baseline(node_data, config, num_classes), trained_on=snapshot.fingerprint, reason=why)
+    write_baseline_record(store, snapshot.name, {
+        "result": {k: v for k, v in asdict(result).items() if k in _RESULT}, "trained_on": snapshot.fingerprint,
+        "last_snapshot": snapshot.fingerprint, "labeled": facts["labeled"], "settings": settings,
+        "normalization": facts["normalization"], "reuses": 0})
     return result

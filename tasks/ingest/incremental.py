@@ -102,6 +102,30 @@ def plan(data: DataConfig, split: SplitConfig, store: Store, inputs: dict[str, A
     return Base(ref, output, manifest, new_files), f"{len(new_files)} new edge file(s)"
 
 
+MAX_LINEAGE = 62  # snapshots followed back by grew_from (two months of nightly runs)
+
+
+def grew_from(store: Store, graph: str, fingerprint: str, ancestor: str) -> str | None:
+    """Why snapshot ``fingerprint`` of ``graph`` does not extend snapshot ``ancestor``, or ``None``
+    when it does: it is ``ancestor``, or incremental ingests grew it from ``ancestor`` (each one
+    checked that the existing nodes, their labels and features are unchanged:
+    :func:`existing_rows_problem`), as their manifests record (``ingest_mode``, ``base_snapshot``).
+    Follows at most ``MAX_LINEAGE`` snapshots back."""
+    fp = fingerprint
+    for _ in range(MAX_LINEAGE + 1):
+        if fp == ancestor:
+            return None
+        try:
+            manifest = store.output(graph, "snapshot", fp).manifest()
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"the manifest of snapshot {fp} is not available ({e})"
+        if manifest.get("ingest_mode") != "incremental" or not manifest.get("base_snapshot"):
+            why = manifest.get("ingest_reason") or "no base snapshot recorded"
+            return f"snapshot {fp} was not grown from {ancestor} (full ingest: {why})"
+        fp = str(manifest["base_snapshot"])
+    return f"snapshot {fingerprint} is more than {MAX_LINEAGE} incremental ingests after {ancestor}"
+
+
 def prefix_differs(base_ids: pa.Array, node_ids: pa.Array) -> bool:
     """Whether ``node_ids`` does not start with ``base_ids`` (compared as strings when either is)."""
     if len(node_ids) < len(base_ids):
