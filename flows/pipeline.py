@@ -84,7 +84,9 @@ def _train_and_track(cfg: PipelineConfig, store: Store, snapshot, train_on: str 
             trained = stages.train(node_data, cfg, run, init_from, store=store)
         evaluation = stages.evaluate(trained, node_data, snapshot, store, device=cfg.train.device,
                                      seed=cfg.train.seed, embedding_nodes=cfg.track.embedding_plot_nodes,
-                                     workers=cfg.train.world_size)
+                                     workers=cfg.train.world_size,
+                                     # the champion scores later: if it is this model, from this pass
+                                     scores=cfg.score if cfg.score.enabled and cfg.score.model is None else None)
         base = quality.baseline(node_data, snapshot, cfg.baseline, trained.num_classes, store, run)
         health = quality.check_health(run, cfg, features, node_data, trained, evaluation, base)
         tracked = stages.log_run(run, cfg, snapshot, features, node_data, trained, evaluation,

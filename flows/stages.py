@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 from storage.store import EvaluationRef, FeaturesRef, NodeDataRef, PartitionRef, SnapshotRef, Store, output_at
-from tasks.config import DataConfig, NormalizeConfig, PartitionConfig, PipelineConfig, SplitConfig
+from tasks.config import DataConfig, NormalizeConfig, PartitionConfig, PipelineConfig, ScoreConfig, SplitConfig
 from tasks.errors import InputError
 from tasks.ingest import snapshot as ingest_mod
 from tasks.normalize import features as normalize_mod
@@ -305,12 +305,14 @@ def wait_for_flow_run(flow_run_id: Any, poll: float = CHILD_POLL_SECONDS, outage
 
 @reusable_stage(name="evaluate", **_retrying)
 def evaluate(trained: TrainResult, node_data: NodeDataRef, snapshot: SnapshotRef, store: Store, *,
-             device: str, seed: int, embedding_nodes: int, workers: int = 1) -> EvaluationRef:
-    """Full-graph layer-wise inference with the best-validation weights; accuracy and macro-F1."""
+             device: str, seed: int, embedding_nodes: int, workers: int = 1,
+             scores: ScoreConfig | None = None) -> EvaluationRef:
+    """Full-graph layer-wise inference with the best-validation weights; accuracy and macro-F1;
+    with ``scores`` (the ``score`` section), also this model's ``scores`` output from the same pass."""
     from tasks.evaluate.evaluate import evaluate_model
 
     return evaluate_model(trained, node_data, snapshot, store, device=device, seed=seed,
-                          embedding_nodes=embedding_nodes, workers=workers)
+                          embedding_nodes=embedding_nodes, workers=workers, scores=scores)
 
 
 @task(name="log-to-mlflow", **_retrying)

@@ -246,3 +246,38 @@ def test_a_lost_previous_partition_or_a_bad_pointer_means_full_metis(store):
     assert latest(store, "g", "partition") is None
     set_latest(store, store.open(ref.path))
     assert latest(store, "g", "partition").key == ref.fingerprint
+
+
+def test_a_refresh_reads_the_new_snapshots_edges_once_with_the_same_result(store, monkeypatch):
+    """The extension check and the refresh's CSR share one read of tonight's edges; the refreshed
+    assignment is the one :func:`refresh_assignment` gives on the snapshot's CSR."""
+    import math
+
+    import tasks.partition.extend as extend_mod
+    import tasks.partition.partition as partition_mod
+    from tasks.partition.csr import build_csr
+    from tasks.partition.refresh import refresh_assignment
+
+    src, dst = communities()
+    n0 = BLOCKS * BLOCK
+    first = partition_graph(snapshot(store, src, dst, n0), config(), store)
+    src2, dst2, n1 = grow(src, dst, n0, 12, local=True)
+    grown = snapshot(store, src2, dst2, n1)
+    reads: list[str] = []
+    for mod in (extend_mod, partition_mod):
+        def counted(source, _orig=mod.read_edges):
+            reads.append(str(source.location))
+            return _orig(source)
+
+        monkeypatch.setattr(mod, "read_edges", counted)
+    ref = partition_graph(grown, config(), store)
+    assert ref.mode == "refreshed"
+    previous_snapshot = str(store.open(first.path).manifest()["inputs"]["snapshot"]["path"])
+    assert sorted(reads) == sorted([grown.path, previous_snapshot])  # tonight's edges once, yesterday's once
+    s, d = canonical(src2, dst2)
+    indptr, indices = build_csr(s, d, n1)
+    old = arrays(store, first)["assignment"]
+    cap = max(1, math.ceil(config().refresh_cap * int(store.open(first.path).manifest()["counts"]["cluster_size_max"])))
+    assert np.array_equal(arrays(store, ref)["assignment"], refresh_assignment(indptr, indices, old, BLOCKS, cap))
+    assert_consistent(arrays(store, ref), src2, dst2, n1)
+    assert "read_edges" in store.open(ref.path).json("stats")["seconds"]

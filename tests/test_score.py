@@ -185,3 +185,108 @@ def test_score_config_takes_a_version_number_as_text():
     assert load_config(None, []).score.model is None
     with pytest.raises(InputError):
         load_config(None, ["score.top_k=0"])
+
+
+def _count_inference_passes(monkeypatch) -> list[str]:
+    """Wrap the full-graph inference iterator where evaluation and scoring call it: the returned
+    list gets one entry per pass (the calling stage)."""
+    import tasks.evaluate.evaluate as evaluate_mod
+    import tasks.score.score as score_mod
+
+    passes: list[str] = []
+    for mod, name in ((evaluate_mod, "evaluate"), (score_mod, "score")):
+        def counted(*args, _orig=mod.iter_full_graph_ranks, _name=name, **kwargs):
+            passes.append(_name)
+            return _orig(*args, **kwargs)
+
+        monkeypatch.setattr(mod, "iter_full_graph_ranks", counted)
+    return passes
+
+
+@pytest.mark.parametrize("top_k,embeddings", [(2, True), (4, False)])
+def test_the_evaluation_pass_writes_the_scores_a_scoring_pass_of_the_same_weights_would(graph, monkeypatch,
+                                                                                       top_k, embeddings):
+    """With the score section, the evaluate stage publishes the ``scores`` output from its own
+    inference: the same key as scoring the champion's weights file (the same bytes), and the
+    same table (ids, class, confidence, top-k, embeddings) as a separate scoring pass."""
+    from tasks.evaluate.evaluate import evaluate_model, evaluation_key
+    from tasks.score.score import load_scoring_model, scores_key
+
+    cfg, prepared, a, _ = graph
+    store = Store(cfg.store)
+    config = ScoreConfig(top_k=top_k, embeddings=embeddings)
+    weights = store.local_object_dir(cfg.data.name, "champion_copy") / "model"  # as downloaded from MLflow
+    weights.write_bytes(Checkpoints.at(a.checkpoint_dir).model_bytes())
+    key = scores_key(load_scoring_model(str(weights))[1], prepared.node_data, config)
+    assert key == scores_key(load_scoring_model(a.checkpoint_dir)[1], prepared.node_data, config)
+    store.output(cfg.data.name, "scores", key).discard()
+    store.output(cfg.data.name, "evaluation", evaluation_key(a, prepared.node_data, 0, 40)).discard()
+    passes = _count_inference_passes(monkeypatch)
+
+    ev = evaluate_model(a, prepared.node_data, prepared.snapshot, store, embedding_nodes=40, scores=config)
+    assert not ev.reused and passes == ["evaluate"]
+    scored = score_nodes(prepared.node_data, prepared.snapshot, config, store, weights=str(weights), model_label="champion")
+    assert scored.reused and scored.key == key and passes == ["evaluate"]  # found, no second pass
+    from_evaluation = read_scores(store.open(scored.path))
+
+    store.output(cfg.data.name, "scores", key).discard()
+    separate = score_nodes(prepared.node_data, prepared.snapshot, config, store, weights=str(weights),
+                           model_label="champion")
+    assert not separate.reused and passes == ["evaluate", "score"]
+    from_scoring = read_scores(store.open(separate.path))
+    assert from_evaluation.column_names == from_scoring.column_names
+    assert ("embedding" in from_scoring.column_names) == embeddings
+    assert from_evaluation.equals(from_scoring)  # bit for bit, every column
+    from storage.evaluation import read_predictions
+
+    predicted = read_predictions(store.open(ev.path), ["node_id", "prediction"])
+    assert from_scoring.select(["node_id", "prediction"]).equals(predicted)
+
+
+def test_an_evaluation_without_the_score_section_writes_no_scores(graph, monkeypatch):
+    from tasks.evaluate.evaluate import evaluate_model, evaluation_key
+    from tasks.score.score import load_scoring_model, scores_key
+
+    cfg, prepared, _, b = graph
+    store = Store(cfg.store)
+    key = scores_key(load_scoring_model(b.checkpoint_dir)[1], prepared.node_data, ScoreConfig(top_k=1))
+    store.output(cfg.data.name, "scores", key).discard()
+    store.output(cfg.data.name, "evaluation", evaluation_key(b, prepared.node_data, 0, 30)).discard()
+    evaluate_model(b, prepared.node_data, prepared.snapshot, store, embedding_nodes=30)
+    assert not store.output(cfg.data.name, "scores", key).exists()
+
+
+def test_a_promoted_run_scores_from_its_evaluation_pass_a_kept_champion_scores_itself(prefect_harness, tmp_path,
+                                                                                      monkeypatch):
+    """The pipeline end to end (Prefect, MLflow, PyG): the night whose model becomes the champion
+    runs one full-graph inference (the evaluation's; scoring is a cache hit); a night whose model
+    is not promoted scores with the champion, by its own pass."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import graph_pipeline
+    from tasks.synthetic.generate import GeneratorConfig, generate_graph
+
+    gen = generate_graph(GeneratorConfig(num_nodes=600, num_classes=4, num_features=16, seed=11), tmp_path / "input")
+    base = {"store": str(tmp_path / "store"),
+            "data": {"name": "g", "edges": [str(gen.edges_path)], "nodes": str(gen.nodes_path)}}
+    night = ["train.epochs=3", "train.hidden=16", "train.prefetch=0", "partition.num_parts=4",
+             "baseline.enabled=false", "track.embedding_plot_nodes=50"]
+    passes = _count_inference_passes(monkeypatch)
+
+    first = graph_pipeline(load_config(None, night, base=base))
+    assert first["mlflow"]["champion"] and passes == ["evaluate"]
+    assert first["scores"]["reused"] and first["mlflow"]["run_id"] in first["scores"]["model"]
+    store = Store(str(tmp_path / "store"))
+    scored = read_scores(store.open(latest(store, "g").path))
+    assert scored.select(["node_id", "prediction"]).equals(pq.read_table(first["predictions"],
+                                                                         columns=["node_id", "prediction"]))
+
+    client = MlflowClient(first["mlflow"]["tracking_uri"])  # make the champion unbeatable
+    client.set_model_version_tag(first["mlflow"]["model"], first["mlflow"]["model_version"], "graphpipe.val_acc", "2.0")
+    passes.clear()
+    second = graph_pipeline(load_config(None, night + ["train.seed=9", "score.top_k=2"], base=base))
+    assert not second["mlflow"]["champion"]
+    assert passes == ["evaluate", "score"]  # the champion is another model: its own pass
+    assert not second["scores"]["reused"] and first["mlflow"]["run_id"] in second["scores"]["model"]
+    by_champion = read_scores(store.open(latest(store, "g").path), ["node_id", "prediction"])
+    assert by_champion.equals(scored.select(["node_id", "prediction"]))

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from storage.checkpoints import Checkpoints
 from storage.evaluation import read_metrics, write_evaluation
@@ -18,6 +18,9 @@ from storage.snapshot import SPLIT_TEST, read_node_ids
 from storage.store import EvaluationRef, NodeDataRef, SnapshotRef, Store, output_at
 from tasks.evaluate.parallel import iter_full_graph_ranks, open_graph
 from tasks.evaluate.metrics import confusion_matrix, split_metrics
+from tasks.config import ScoreConfig
+from tasks.score.score import (ScoreRows, block_probabilities, partition_to_snapshot_order, publish_scores,
+                               scores_key, weights_digest)
 from tasks.train.model import load_trained, resolve_device
 from tasks.train.result import TrainResult
 
@@ -44,6 +47,40 @@ def evaluation_key(train_result: TrainResult, node_data: NodeDataRef, seed: int,
                              {"seed": seed, "embedding_nodes": embedding_nodes})
 
 
+def _scores_rows(train_result: TrainResult, node_data: NodeDataRef, snapshot: SnapshotRef, store: Store,
+                 scores: ScoreConfig | None, num_nodes: int) -> tuple[ScoreRows | None, str | None]:
+    """``(rows to gather, weights digest)`` when this evaluation also writes the ``scores`` output
+    the scoring stage would compute for these weights (``scores`` given, and no such output
+    published yet); ``(None, None)`` otherwise."""
+    if scores is None:
+        return None, None
+    record = Checkpoints.at(train_result.checkpoint_dir).model_bytes()
+    if record is None:
+        return None, None
+    digest = weights_digest(record)
+    if store.output(snapshot.name, "scores", scores_key(digest, node_data, scores)).reusable("scores"):
+        return None, None
+    return ScoreRows(num_nodes, scores.top_k, scores.embeddings), digest
+
+
+def _infer(model: Any, graph: Any, device: Any, workers: int, scratch: Any, reopen: Any, sample: np.ndarray,
+           rows: ScoreRows | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One full-graph inference: ``(prediction, confidence, hidden rows of the sample)`` in
+    partition order; ``rows`` (or None) gathers every node's scores from the same blocks."""
+    n = graph.num_nodes
+    pred = np.empty(n, dtype=np.int32)
+    confidence = np.empty(n, dtype=np.float32)
+    sample_hidden: list[np.ndarray] = []
+    for blk in iter_full_graph_ranks(model.to(device), graph, device, workers, scratch_dir=scratch, reopen=reopen):
+        a, b = blk.start, blk.stop
+        probs = block_probabilities(blk.logits)
+        confidence[a:b], pred[a:b] = (t.numpy() for t in probs.max(dim=1))
+        sample_hidden.append(np.array(blk.hidden[sample[(sample >= a) & (sample < b)] - a], dtype=np.float32))
+        if rows is not None:
+            rows.add(a, b, probs, blk.hidden)
+    return pred, confidence, np.concatenate(sample_hidden)
+
+
 def evaluate_model(
     train_result: TrainResult,
     node_data: NodeDataRef,
@@ -54,6 +91,7 @@ def evaluate_model(
     seed: int = 0,
     embedding_nodes: int = 5000,
     workers: int = 1,
+    scores: ScoreConfig | None = None,
 ) -> EvaluationRef:
     """Score every node with the best-validation model and publish the ``evaluation`` output:
     metrics, predictions (in the user's node ids), the test confusion matrix and a 2-D embedding
@@ -69,9 +107,13 @@ def evaluate_model(
         embedding_nodes: the sample's size (``track.embedding_plot_nodes``).
         workers: local processes sharing the full-graph inference (``train.world_size``; CPU only,
             same result as one, see :mod:`tasks.evaluate.parallel`).
+        scores: the ``score`` section when the pipeline will score the snapshot with its champion:
+            the same inference pass then also publishes the ``scores`` output of this model
+            (:func:`tasks.score.score.publish_scores`, keyed by the weights like the scoring
+            stage's), so that if the model becomes the champion, scoring is a cache hit.
 
     An evaluation of the same model on the same node data that is already published is reused
-    (``reused=True``); a damaged one is logged and rebuilt.
+    (``reused=True``); a damaged one is logged and rebuilt. A reused evaluation writes no scores.
     """
     key = evaluation_key(train_result, node_data, seed, embedding_nodes)
     out = store.output(snapshot.name, "evaluation", key)
@@ -81,32 +123,24 @@ def evaluate_model(
     reopen = functools.partial(open_graph, node_data.partition.path, node_data.path)
     graph = reopen()
     model, saved = load_trained(train_result.checkpoint_dir)
-    device = resolve_device(device)
     n = graph.num_nodes
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n, size=min(embedding_nodes, n), replace=False))
-    pred = np.empty(n, dtype=np.int32)
-    confidence = np.empty(n, dtype=np.float32)
-    sample_hidden: list[np.ndarray] = []
-    blocks = iter_full_graph_ranks(model.to(device), graph, device, workers,
-                                   scratch_dir=Checkpoints.at(train_result.checkpoint_dir).local_dir(), reopen=reopen)
-    for blk in blocks:
-        a, b = blk.start, blk.stop
-        probs = torch.softmax(torch.from_numpy(blk.logits), dim=1)
-        confidence[a:b], pred[a:b] = (t.numpy() for t in probs.max(dim=1))
-        sample_hidden.append(np.array(blk.hidden[sample[(sample >= a) & (sample < b)] - a], dtype=np.float32))
+    sample = np.sort(np.random.default_rng(seed).choice(n, size=min(embedding_nodes, n), replace=False))
+    rows, digest = _scores_rows(train_result, node_data, snapshot, store, scores, n)
+    pred, confidence, hidden = _infer(model, graph, resolve_device(device), workers,
+                                      Checkpoints.at(train_result.checkpoint_dir).local_dir(), reopen, sample, rows)
     y, split = np.array(graph.y), np.array(graph.split)
     num_classes = train_result.num_classes
     metrics = split_metrics(pred, y, split, num_classes).flat()
     metrics["best_epoch"] = float(saved["best_epoch"])
     test = (split == SPLIT_TEST) & (y >= 0)
     cm = confusion_matrix(y[test], pred[test], num_classes)
-    coords = embedding_sample(np.concatenate(sample_hidden))
-    # partition order -> snapshot order -> the user's ids
-    perm = np.array(graph.perm)
-    order = np.empty_like(perm)
-    order[perm] = np.arange(n)
+    coords = embedding_sample(hidden)
+    order = partition_to_snapshot_order(graph.perm)  # partition order -> snapshot order -> the user's ids
     graph.release()
+    if rows is not None:
+        publish_scores(rows, order, store, digest=digest, node_data=node_data, snapshot=snapshot, config=scores,
+                       model_label=f"evaluated model (checkpoint {train_result.key})")
+        del rows
     predictions = pa.table({
         "node_id": read_node_ids(output_at(snapshot.path)),
         "prediction": pa.array(pred[order]),

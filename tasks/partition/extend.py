@@ -95,9 +95,13 @@ def _first_changed_id(old: Any, new: Any) -> str | None:
     return f"node {old[i].as_py()!r} (internal id {i}) is no longer there"
 
 
-def extension_problem(previous: Previous, source: Output, num_nodes: int) -> str | None:
+def extension_problem(previous: Previous, source: Output, num_nodes: int,
+                      new_edges: tuple[np.ndarray, np.ndarray] | None = None) -> str | None:
     """Why the snapshot ``source`` (``num_nodes`` nodes) does not extend the previous partition's
-    snapshot, or ``None`` when it does (node ids a prefix, every old edge still there)."""
+    snapshot, or ``None`` when it does (node ids a prefix, every old edge still there).
+
+    ``new_edges``: ``source``'s edge list ``(src, dst)`` when the caller already read it (the
+    partition stage reads it once for this check and the refresh); read here otherwise."""
     try:
         old = output_at(previous.snapshot_location)
         why = old.damage()
@@ -109,7 +113,7 @@ def extension_problem(previous: Previous, source: Output, num_nodes: int) -> str
     if problem is not None:
         return f"the snapshot does not extend the previous one: {problem}"
     old_keys = _edge_keys(*read_edges(old), num_nodes)
-    new_keys = _edge_keys(*read_edges(source), num_nodes)
+    new_keys = _edge_keys(*(read_edges(source) if new_edges is None else new_edges), num_nodes)
     pos = np.minimum(np.searchsorted(new_keys, old_keys), max(len(new_keys) - 1, 0))
     missing = np.flatnonzero(new_keys[pos] != old_keys) if len(new_keys) else np.arange(len(old_keys))
     if len(missing):

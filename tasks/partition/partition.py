@@ -123,12 +123,14 @@ def partition_graph(snapshot: SnapshotRef, config: PartitionConfig, store: Store
         log.info("partition %s: cache hit, the latest partition of this snapshot (%s)", ref.fingerprint, ref.path)
         return ref
     if previous is not None:
-        reason = extension_problem(previous, source, num_nodes) or ""
+        edges = _EdgesOnce(source)  # read once: the extension check, then the refresh's CSR
+        reason = extension_problem(previous, source, num_nodes, new_edges=edges.pair) or ""
         if not reason:
-            ref, reason = _refresh(snapshot, source, num_nodes, config, store, previous)
+            ref, reason = _refresh(snapshot, source, num_nodes, config, store, previous, edges)
             if ref is not None:
                 set_latest(store, store.open(ref.path))
                 return ref
+        edges.take()  # not held while METIS runs
     ref = _full(snapshot, source, num_nodes, config, store, reason)
     set_latest(store, store.open(ref.path))
     return ref
@@ -167,7 +169,7 @@ def _full(snapshot: SnapshotRef, source: Output, num_nodes: int, config: Partiti
 
 
 def _refresh(snapshot: SnapshotRef, source: Output, num_nodes: int, config: PartitionConfig, store: Store,
-             previous: Previous) -> tuple[PartitionRef | None, str]:
+             previous: Previous, edges: _EdgesOnce | None = None) -> tuple[PartitionRef | None, str]:
     """The refreshed partition, or ``(None, why a full METIS run is due instead)``."""
     num_parts = previous.num_parts
     fp = partition_fingerprint(snapshot, num_parts, config.seed, refreshed_from=previous.output.key,
@@ -177,7 +179,7 @@ def _refresh(snapshot: SnapshotRef, source: Output, num_nodes: int, config: Part
         log.info("partition %s: cache hit (%s)", fp, out.location)
         return _reuse(out), ""
     seconds: dict[str, float] = {}
-    indptr, indices = _read_csr(source, num_nodes, seconds)
+    indptr, indices = _read_csr(source, num_nodes, seconds, edges)
     with _timed(seconds, "refresh"):
         cap = max(1, math.ceil(config.refresh_cap * previous.largest_cluster))
         old = previous.output.array("assignment", mmap=False)
@@ -253,12 +255,35 @@ def _snapshot_num_nodes(source: Output) -> int:
         raise InputError(f"{source.location}: no readable snapshot manifest with counts.num_nodes ({e})") from None
 
 
-def _read_csr(source: Output, num_nodes: int, seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """The snapshot's adjacency as an int64 CSR (METIS' own index type); the edge list is freed."""
+class _EdgesOnce:
+    """A snapshot's edge list read once (its reading time kept) and handed on to one consumer:
+    :meth:`take` drops this reference, so the consumer alone decides when the arrays are freed."""
+
+    def __init__(self, source: Output) -> None:
+        start = time.perf_counter()
+        self.pair: tuple[np.ndarray, np.ndarray] | None = read_edges(source)
+        self.seconds = time.perf_counter() - start
+
+    def take(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The edge list (``None`` once taken); this object no longer holds it."""
+        pair, self.pair = self.pair, None
+        return pair
+
+
+def _read_csr(source: Output, num_nodes: int, seconds: dict[str, float],
+              edges: _EdgesOnce | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The snapshot's adjacency as an int64 CSR (METIS' own index type); the edge list is freed.
+    ``edges``: the edge list already read (taken from it), else read here."""
     import pymetis
 
-    with _timed(seconds, "read_edges"):
-        src, dst = read_edges(source)
+    pair = edges.take() if edges is not None else None
+    if pair is not None:
+        seconds["read_edges"] = seconds.get("read_edges", 0.0) + edges.seconds
+        src, dst = pair
+        del pair
+    else:
+        with _timed(seconds, "read_edges"):
+            src, dst = read_edges(source)
     with _timed(seconds, "build_csr"):
         try:
             indptr, indices = build_csr(src, dst, num_nodes, index_dtype=pymetis.zero_copy_dtype())

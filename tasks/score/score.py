@@ -6,7 +6,9 @@ their probabilities and, optionally, the embedding (the last layer's input).
 Which model (the champion, a registered version, a checkpoint) is resolved by the flow
 (:mod:`flows.score`); this stage gets a local weights file or checkpoint set. The output's key
 covers the weights' bytes, the node data and the settings, so scoring the same snapshot with the
-same model again is a cache hit.
+same model again is a cache hit. The evaluate stage writes this output too, from its own
+full-graph inference (:func:`publish_scores`): when the evaluated model becomes the champion, the
+pipeline's scoring finds it and runs no second inference.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyarrow as pa
 import torch
 
 from storage.arrays import ClusterGraph
+from storage.checkpoints import Checkpoints, load_torch_bytes
 from storage.fingerprint import fingerprint_value
 from storage.scores import ScoresRef, latest, read_scores, write_scores
 from storage.snapshot import read_node_ids
@@ -29,58 +32,45 @@ from storage.store import NodeDataRef, SnapshotRef, Store, output_at
 from tasks.config import ScoreConfig
 from tasks.evaluate.parallel import iter_full_graph_ranks, open_graph
 from tasks.score.drift import Drift, compute_drift
-from tasks.train.model import GNN, ModelSpec, load_checkpoint, load_trained, resolve_device
+from tasks.train.model import GNN, ModelSpec, resolve_device
 
 log = logging.getLogger(__name__)
 
 SCORES_VERSION = 1  # bump when scoring the same model on the same data changes
 
 
+def weights_digest(record: bytes) -> str:
+    """The digest that keys scorings by model: the SHA-256 of a finished run's checkpoint record as
+    stored (``model.pt``). The checkpoint set's :meth:`storage.checkpoints.Checkpoints.model_bytes`,
+    the copy logged to MLflow and the champion's downloaded file are the same bytes, so the
+    evaluation of a run and a later scoring with it as the champion agree on the key."""
+    return hashlib.sha256(record).hexdigest()
+
+
 def load_scoring_model(weights: str) -> tuple[GNN, str]:
     """``(model in eval mode, digest of its weights)`` from ``weights``: a checkpoint file (a
     finished run's ``model.pt`` record, as the champion's weights are downloaded) or a checkpoint
-    set directory (``TrainResult.checkpoint_dir``). Only tensors and plain data are unpickled."""
+    set directory (``TrainResult.checkpoint_dir``). Only tensors and plain data are unpickled.
+    Both forms of one model have the same digest (:func:`weights_digest`)."""
     path = Path(weights)
     if path.is_dir():
-        model, saved = load_trained(path)
-        digest = fingerprint_value("checkpoint-set", saved.get("spec"), saved.get("best_epoch"),
-                                   hashlib.sha256(b"".join(t.numpy().tobytes() for t in
-                                                           model.state_dict().values())).hexdigest())
-        return model, digest
-    saved = load_checkpoint(path)
+        ckpt = Checkpoints.at(str(path))
+        data, where = ckpt.model_bytes(), ckpt.model_location()
+        if data is None:
+            raise FileNotFoundError(f"{weights}: no finished training in this checkpoint set")
+    else:
+        data, where = path.read_bytes(), str(path)
+    saved = load_torch_bytes(data, where)
     model = GNN(ModelSpec(**saved["spec"]))
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    return model, hashlib.sha256(path.read_bytes()).hexdigest()
+    return model, weights_digest(data)
 
 
 def scores_key(weights_digest: str, node_data: NodeDataRef, config: ScoreConfig) -> str:
     """The scores output's key: the weights, the node data and the settings that shape the table."""
     return fingerprint_value("scores", SCORES_VERSION, weights_digest, node_data.fingerprint,
                              {"top_k": config.top_k, "embeddings": config.embeddings})
-
-
-def _infer(model: GNN, graph: ClusterGraph, k: int, embeddings: bool, scratch: Path | None, workers: int = 1,
-           reopen: Any = None) -> dict[str, np.ndarray]:
-    """Per node (partition order): prediction, confidence, top-k classes and probabilities and,
-    with ``embeddings``, the last layer's input (``workers``, ``reopen``: see
-    :func:`tasks.evaluate.parallel.iter_full_graph_ranks`)."""
-    n = graph.num_nodes
-    got: dict[str, np.ndarray] = {}
-    device = resolve_device("auto")
-    for blk in iter_full_graph_ranks(model.to(device), graph, device, workers, scratch_dir=scratch, reopen=reopen):
-        probs = torch.softmax(torch.from_numpy(np.asarray(blk.logits, dtype=np.float32)), dim=1)
-        kk = min(k, probs.shape[1])
-        if not got:
-            got["top_p"] = np.empty((n, kk), dtype=np.float32)
-            got["top_c"] = np.empty((n, kk), dtype=np.int32)
-            if embeddings:
-                got["emb"] = np.empty((n, blk.hidden.shape[1]), dtype=np.float32)
-        p, c = probs.topk(kk, dim=1)  # sorted, most probable first
-        got["top_p"][blk.start:blk.stop], got["top_c"][blk.start:blk.stop] = p.numpy(), c.numpy()
-        if embeddings:
-            got["emb"][blk.start:blk.stop] = np.asarray(blk.hidden, dtype=np.float32)
-    return got
 
 
 def _table(node_ids: pa.Array, got: dict[str, np.ndarray], order: np.ndarray) -> pa.Table:
@@ -101,6 +91,102 @@ def _table(node_ids: pa.Array, got: dict[str, np.ndarray], order: np.ndarray) ->
     return pa.table(cols)
 
 
+class ScoreRows:
+    """The scores of every node gathered row block by row block of one full-graph inference (in
+    partition order): the ``top_k`` classes and probabilities and, with ``embeddings``, the last
+    layer's input. Only the top ``k`` of each row's probabilities are kept, never all classes.
+
+    Args:
+        num_nodes: rows of the graph.
+        top_k: classes kept per node (fewer when the model has fewer classes).
+        embeddings: keep the embeddings too.
+    """
+
+    def __init__(self, num_nodes: int, top_k: int, embeddings: bool) -> None:
+        self.num_nodes, self.top_k, self.embeddings = num_nodes, top_k, embeddings
+        self.got: dict[str, np.ndarray] = {}
+
+    def add(self, start: int, stop: int, probs: torch.Tensor, hidden: np.ndarray) -> None:
+        """Rows ``start:stop``: their softmax probabilities ``probs`` and hidden rows ``hidden``."""
+        got, kk = self.got, min(self.top_k, probs.shape[1])
+        if not got:
+            got["top_p"] = np.empty((self.num_nodes, kk), dtype=np.float32)
+            got["top_c"] = np.empty((self.num_nodes, kk), dtype=np.int32)
+            if self.embeddings:
+                got["emb"] = np.empty((self.num_nodes, hidden.shape[1]), dtype=np.float32)
+        p, c = probs.topk(kk, dim=1)  # sorted, most probable first
+        got["top_p"][start:stop], got["top_c"][start:stop] = p.numpy(), c.numpy()
+        if self.embeddings:
+            got["emb"][start:stop] = np.asarray(hidden, dtype=np.float32)
+
+    def table(self, node_ids: pa.Array, order: np.ndarray) -> pa.Table:
+        """The scores table in the snapshot's node order (``order``: snapshot position -> partition row)."""
+        return _table(node_ids, self.got, order)
+
+
+def block_probabilities(logits: np.ndarray) -> torch.Tensor:
+    """Softmax probabilities of a block's logits (float32), as evaluation and scoring compute them."""
+    return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=1)
+
+
+def _infer(model: GNN, graph: ClusterGraph, k: int, embeddings: bool, scratch: Path | None, workers: int = 1,
+           reopen: Any = None) -> ScoreRows:
+    """Per node (partition order): prediction, confidence, top-k classes and probabilities and,
+    with ``embeddings``, the last layer's input (``workers``, ``reopen``: see
+    :func:`tasks.evaluate.parallel.iter_full_graph_ranks`)."""
+    rows = ScoreRows(graph.num_nodes, k, embeddings)
+    device = resolve_device("auto")
+    for blk in iter_full_graph_ranks(model.to(device), graph, device, workers, scratch_dir=scratch, reopen=reopen):
+        rows.add(blk.start, blk.stop, block_probabilities(blk.logits), blk.hidden)
+    return rows
+
+
+def _snapshot_edges(snapshot: SnapshotRef) -> int:
+    """The snapshot's undirected edge count (for the drift's ``edges_added``)."""
+    return int(output_at(snapshot.path).manifest().get("counts", {}).get("undirected_edges", 0))
+
+
+def _publish_args(digest: str, node_data: NodeDataRef, snapshot: SnapshotRef, config: ScoreConfig,
+                  model_label: str) -> dict[str, Any]:
+    """The scores output's manifest parameters and inputs."""
+    return {"params": {"top_k": config.top_k, "embeddings": config.embeddings, "model": model_label},
+            "inputs": {"weights": digest, "node_data": node_data.fingerprint, "snapshot": snapshot.fingerprint}}
+
+
+def partition_to_snapshot_order(perm: np.ndarray) -> np.ndarray:
+    """``order`` with ``order[snapshot position] = partition row`` from the partition's ``perm``."""
+    perm = np.asarray(perm)
+    order = np.empty_like(perm)
+    order[perm] = np.arange(len(perm))
+    return order
+
+
+def publish_scores(rows: ScoreRows, order: np.ndarray, store: Store, *, digest: str, node_data: NodeDataRef,
+                   snapshot: SnapshotRef, config: ScoreConfig, model_label: str) -> ScoresRef:
+    """Publish scores gathered by another full-graph inference of the same model (the evaluate
+    stage's) as the ``scores`` output the scoring stage would write for those weights
+    (:func:`scores_key`), so that scoring with them later is a cache hit.
+
+    Args:
+        rows: every node's scores (partition order), gathered with ``config``'s settings.
+        order: snapshot position -> partition row (:func:`partition_to_snapshot_order`).
+        store: the store receiving the output.
+        digest: :func:`weights_digest` of the model's checkpoint record.
+        node_data, snapshot, config, model_label: as for :func:`score_nodes`.
+    """
+    key = scores_key(digest, node_data, config)
+    out = store.output(snapshot.name, "scores", key)
+    edges = _snapshot_edges(snapshot)
+    with store.publish(out, **_publish_args(digest, node_data, snapshot, config, model_label)) as w:
+        table = rows.table(read_node_ids(output_at(snapshot.path)), order)
+        write_scores(w, table)
+        w.counts["undirected_edges"] = edges
+    log.info("score: %s nodes of %s scored in the same pass by %s -> %s", f"{table.num_rows:,}", snapshot.name,
+             model_label, out.location)
+    return ScoresRef(path=out.location, graph=snapshot.name, key=key, snapshot=snapshot.fingerprint,
+                     edges=edges, model=model_label, num_nodes=table.num_rows)
+
+
 def score_nodes(node_data: NodeDataRef, snapshot: SnapshotRef, config: ScoreConfig, store: Store, *,
                 weights: str, model_label: str) -> ScoresRef:
     """Score every node of ``snapshot`` (laid out as ``node_data``) with the model in ``weights``
@@ -117,11 +203,13 @@ def score_nodes(node_data: NodeDataRef, snapshot: SnapshotRef, config: ScoreConf
     Caveats: the model must have been trained on features of this width (a clear error
     otherwise); the "latest" pointer is not moved here (:func:`tasks.score.score.drift_since_latest`
     then :func:`storage.scores.set_latest`), so drift can be computed against the previous one.
+    When the pipeline's evaluation already scored these nodes with these weights (the run's
+    model became the champion) the output exists and this is a cache hit, without inference.
     """
     model, digest = load_scoring_model(weights)
     key = scores_key(digest, node_data, config)
     out = store.output(snapshot.name, "scores", key)
-    edges = int(output_at(snapshot.path).manifest().get("counts", {}).get("undirected_edges", 0))
+    edges = _snapshot_edges(snapshot)
     ref = dict(path=out.location, graph=snapshot.name, key=key, snapshot=snapshot.fingerprint, edges=edges,
                model=model_label)
     if out.reusable("scores"):
@@ -130,15 +218,12 @@ def score_nodes(node_data: NodeDataRef, snapshot: SnapshotRef, config: ScoreConf
     reopen = functools.partial(open_graph, node_data.partition.path, node_data.path)
     graph = reopen()
     _check_width(model, graph, weights)
-    perm = np.array(graph.perm)
-    order = np.empty_like(perm)
-    order[perm] = np.arange(len(perm))
-    params = {"top_k": config.top_k, "embeddings": config.embeddings, "model": model_label}
-    inputs = {"weights": digest, "node_data": node_data.fingerprint, "snapshot": snapshot.fingerprint}
-    with store.publish(out, params=params, inputs=inputs) as w, w.scratch() as scratch:
-        got = _infer(model, graph, config.top_k, config.embeddings, scratch, config.workers, reopen)
+    order = partition_to_snapshot_order(graph.perm)
+    with store.publish(out, **_publish_args(digest, node_data, snapshot, config, model_label)) as w, \
+            w.scratch() as scratch:
+        rows = _infer(model, graph, config.top_k, config.embeddings, scratch, config.workers, reopen)
         graph.release()
-        table = _table(read_node_ids(output_at(snapshot.path)), got, order)
+        table = rows.table(read_node_ids(output_at(snapshot.path)), order)
         write_scores(w, table)
         w.counts["undirected_edges"] = edges
     log.info("score: %s nodes of %s scored with %s -> %s", f"{table.num_rows:,}", snapshot.name, model_label, out.location)
