@@ -15,6 +15,7 @@ The log lines themselves appear only when progress is switched on (``--progress`
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
@@ -45,14 +46,24 @@ def artifact_key(step: str) -> str:
 
 
 class PrefectProgressHandler(logging.Handler):
-    """One Prefect progress artifact per (run, step), updated as records arrive."""
+    """One Prefect progress artifact per (run, step), updated as records arrive.
+
+    The artifacts are sent by one background thread, never by the stage that logs: a Prefect API
+    that is slow or down (its client retries for minutes) must not hold up training. Updates of a
+    step that arrive while one is being sent are coalesced: only the latest is sent. Each update is
+    sent in a copy of the logging thread's context, so Prefect attaches it to that thread's task
+    or flow run. :meth:`flush` waits (a bounded time) until what was logged has been sent.
+    """
 
     def __init__(self, min_interval: float = 2.0):
         super().__init__(level=logging.INFO)
         self.min_interval = min_interval
         self._ids: dict[tuple[str, str], Any] = {}
         self._last: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], tuple[contextvars.Context, str, float, str]] = {}
+        self._cond = threading.Condition()
+        self._sending = False
+        self._sender: threading.Thread | None = None
 
     @staticmethod
     def _run_id() -> str | None:
@@ -78,13 +89,49 @@ class PrefectProgressHandler(logging.Handler):
                 return
             key = (run, step)
             now = time.monotonic()
-            with self._lock:
+            with self._cond:
                 if key in self._ids and percent < 100 and now - self._last.get(key, 0.0) < self.min_interval:
                     return
                 self._last[key] = now
-                self._update(key, step, percent, record.getMessage())
+                self._pending[key] = (contextvars.copy_context(), step, percent, record.getMessage())
+                self._start_sender()
+                self._cond.notify_all()
         except Exception as e:  # progress must never break a stage
-            log.debug("progress artifact for %s not updated: %s", step, e)
+            log.debug("progress artifact for %s not queued: %s", step, e)
+
+    def _start_sender(self) -> None:
+        if self._sender is None or not self._sender.is_alive():
+            self._sender = threading.Thread(target=self._send_forever, name="graphpipe-progress-artifacts", daemon=True)
+            self._sender.start()
+
+    def _send_forever(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                key = next(iter(self._pending))
+                ctx, step, percent, message = self._pending.pop(key)
+                self._sending = True
+            try:
+                ctx.run(self._update, key, step, percent, message)
+            except Exception as e:  # the API down past its retries: this update is lost, later ones are sent
+                log.debug("progress artifact for %s not updated: %s", step, e)
+            finally:
+                with self._cond:
+                    self._sending = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait up to ``timeout`` seconds until every update logged so far has been sent (or given
+        up); True when nothing is left."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._sending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
 
     def _update(self, key: tuple[str, str], step: str, percent: float, message: str) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -93,6 +140,12 @@ class PrefectProgressHandler(logging.Handler):
             self._ids[key] = create_progress_artifact(progress=percent, key=artifact_key(step), description=message)
         else:
             update_progress_artifact(self._ids[key], progress=percent, description=message)
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Send what the installed :class:`PrefectProgressHandler` still holds (at most ``timeout``
+    seconds); True when nothing is left. Logging's shutdown at exit flushes it too."""
+    return all(h.flush(timeout) for h in progress_mod.log.handlers if isinstance(h, PrefectProgressHandler))
 
 
 class TerminalProgressHandler(logging.Handler):

@@ -101,11 +101,52 @@ def test_progress_artifact_in_a_flow_run(prefect_harness):
         long_step()
 
     f()
+    assert flow_progress.flush(60)  # the artifacts are sent by a background thread
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["progress-partition-metis"])))
     assert arts, "no progress artifact"
     assert arts[-1].type == "progress"
     assert float(arts[-1].data) == 100.0
+
+
+def test_a_blocked_prefect_api_never_holds_up_the_stage():
+    """The stage that logs progress goes on while an artifact update hangs (a Prefect API down:
+    its client retries for minutes); updates logged meanwhile are coalesced to the latest."""
+    import threading
+
+    release = threading.Event()
+    sent: list[tuple[str, float]] = []
+
+    class Blocked(flow_progress.PrefectProgressHandler):
+        @staticmethod
+        def _run_id():
+            return "run-1"
+
+        def _update(self, key, step, percent, message):
+            release.wait()
+            sent.append((step, percent))
+
+    handler = Blocked(min_interval=0.0)
+    logger = logging.getLogger("test.progress.blocked")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    def stage():
+        for done in range(0, 101, 10):
+            logger.info("x", extra={"graphpipe_progress": ("train epochs", done, 100)})
+
+    t = threading.Thread(target=stage)
+    t.start()
+    t.join(60)
+    try:
+        assert not t.is_alive(), "logging progress blocked the stage while the API hung"
+        assert not handler.flush(0.2)  # the first update is still hanging
+    finally:
+        release.set()
+    assert handler.flush(60)
+    assert sent[-1] == ("train epochs", 100.0)
+    assert len(sent) <= 3  # the first, maybe one in between, the latest: not all eleven
 
 
 @pytest.mark.parametrize(("in_file", "argv", "expected"), [
