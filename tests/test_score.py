@@ -290,3 +290,28 @@ def test_a_promoted_run_scores_from_its_evaluation_pass_a_kept_champion_scores_i
     assert not second["scores"]["reused"] and first["mlflow"]["run_id"] in second["scores"]["model"]
     by_champion = read_scores(store.open(latest(store, "g").path), ["node_id", "prediction"])
     assert by_champion.equals(scored.select(["node_id", "prediction"]))
+
+
+def test_scores_are_keyed_by_the_weights_not_by_the_record_that_holds_them(graph):
+    """A warm-started run that kept the champion's weights (nothing beat them) writes a record with
+    another history: it scores under the champion's key, so tonight's evaluation pass serves the
+    champion's scoring. Other weights get another key."""
+    import io
+
+    import torch
+
+    from tasks.score.score import weights_digest
+
+    cfg, prepared, a, b = graph
+    record = Checkpoints.at(a.checkpoint_dir).model_bytes()
+    saved = torch.load(io.BytesIO(record), weights_only=True)
+    kept = {**saved, "history": [{"epoch": 0, "val_acc": 0.5}], "best_epoch": 0}
+    buf = io.BytesIO()
+    torch.save(kept, buf)
+    assert buf.getvalue() != record
+    assert weights_digest(buf.getvalue()) == weights_digest(record) == weights_digest(saved)
+    assert weights_digest(Checkpoints.at(b.checkpoint_dir).model_bytes()) != weights_digest(record)
+    nudged = {**saved, "state_dict": {k: v.clone() for k, v in saved["state_dict"].items()}}
+    first = next(iter(nudged["state_dict"]))
+    nudged["state_dict"][first].view(-1)[0] += 1e-3
+    assert weights_digest(nudged) != weights_digest(saved)

@@ -14,7 +14,6 @@ pipeline's scoring finds it and runs no second inference.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,17 @@ log = logging.getLogger(__name__)
 SCORES_VERSION = 1  # bump when scoring the same model on the same data changes
 
 
-def weights_digest(record: bytes) -> str:
-    """The digest that keys scorings by model: the SHA-256 of a finished run's checkpoint record as
-    stored (``model.pt``). The checkpoint set's :meth:`storage.checkpoints.Checkpoints.model_bytes`,
-    the copy logged to MLflow and the champion's downloaded file are the same bytes, so the
-    evaluation of a run and a later scoring with it as the champion agree on the key."""
-    return hashlib.sha256(record).hexdigest()
+def weights_digest(record: bytes | dict[str, Any], where: str = "model record") -> str:
+    """The digest that keys scorings by model: a fingerprint of the model a finished run's
+    checkpoint record (``model.pt``, as bytes or loaded) holds, its spec and its weights (each
+    state-dict tensor, in name order), not the record's other contents (history, best epoch).
+    The checkpoint set's :meth:`storage.checkpoints.Checkpoints.model_bytes`, the copy logged to
+    MLflow and the champion's downloaded file agree; so do a warm-started run that kept the
+    champion's weights (nothing beat them) and the champion, whose records differ."""
+    saved = load_torch_bytes(record, where) if isinstance(record, bytes) else record
+    tensors = sorted(saved["state_dict"].items())
+    return fingerprint_value("model-weights", saved["spec"], [name for name, _ in tensors],
+                             *(t.detach().cpu().contiguous().numpy() for _, t in tensors))
 
 
 def load_scoring_model(weights: str) -> tuple[GNN, str]:
@@ -64,7 +68,7 @@ def load_scoring_model(weights: str) -> tuple[GNN, str]:
     model = GNN(ModelSpec(**saved["spec"]))
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    return model, weights_digest(data)
+    return model, weights_digest(saved)
 
 
 def scores_key(weights_digest: str, node_data: NodeDataRef, config: ScoreConfig) -> str:
