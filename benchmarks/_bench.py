@@ -412,6 +412,22 @@ def pyg_gcn(dims: list[int], dropout: float, cached: bool = False):
 # -- prepared graphs (generate -> ingest -> normalize -> partition -> layout), cached ----------------
 
 
+#: the Cluster-GCN paper's Amazon2M graph (docs/generator.md): the shape that bench_amazon2m, bench_nightly
+#: and bench_accuracy (``--datasets amazon2m:N``) generate, at its own size or at ``nodes`` = N
+AMAZON2M = {"nodes": 2_449_029, "avg_degree": 61.3, "classes": 47, "features": 100}
+
+
+def shaped_generator_config(graph: dict[str, Any], seed: int = 0):
+    """The generator's config of a graph shape ``{"nodes", "avg_degree", "classes", "features"}``
+    (:data:`AMAZON2M`'s keys), Parquet edges, every other field at the generator's default (so the
+    generated graph follows the generator's calibration: docs/generator.md, its own 60/20/20 split)."""
+    from tasks.synthetic.generate import GeneratorConfig
+
+    return GeneratorConfig(num_nodes=graph["nodes"], avg_degree=graph["avg_degree"], num_classes=graph["classes"],
+                           num_features=graph["features"], edge_format="parquet", seed=seed)
+
+
+
 def graph_key(num_nodes: int, avg_degree: float, num_features: int, seed: int = 0) -> str:
     deg = f"{avg_degree:g}".replace(".", "p")
     return f"n{num_nodes}-d{deg}-f{num_features}-s{seed}"

@@ -43,7 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
 
-AMAZON2M = {"nodes": 2_449_029, "avg_degree": 61.3, "classes": 47, "features": 100}
+AMAZON2M = B.AMAZON2M
 SMOKE = {"nodes": 3_000, "avg_degree": 10.0, "classes": 7, "features": 16}
 GROWTH = 0.01
 TARGETS = {"time_ratio": 0.15, "acc_points": 1.0, "cut_rel": 0.05}
@@ -55,16 +55,14 @@ def side_generate(p: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from tasks.synthetic.generate import GeneratorConfig, generate_graph
+    from tasks.synthetic.generate import generate_graph
 
     g, n_old, out = p["graph"], int(p["old_nodes"]), Path(p["input_dir"])
     done = out / "DONE"
     if done.exists():
         return {**json.loads(done.read_text()), "cached": True}
     t0 = time.perf_counter()
-    cfg = GeneratorConfig(num_nodes=g["nodes"], avg_degree=g["avg_degree"], num_classes=g["classes"],
-                          num_features=g["features"], edge_format="parquet", seed=0)
-    gen = generate_graph(cfg, out / "full")
+    gen = generate_graph(B.shaped_generator_config(g, seed=0), out / "full")
     edges = pq.read_table(gen.edges_path)
     src, dst = edges.column(0).to_numpy(), edges.column(1).to_numpy()
     old = (src < n_old) & (dst < n_old)
