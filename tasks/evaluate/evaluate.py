@@ -47,17 +47,14 @@ def evaluation_key(train_result: TrainResult, node_data: NodeDataRef, seed: int,
                              {"seed": seed, "embedding_nodes": embedding_nodes})
 
 
-def _scores_rows(train_result: TrainResult, node_data: NodeDataRef, snapshot: SnapshotRef, store: Store,
+def _scores_rows(saved: dict[str, Any], node_data: NodeDataRef, snapshot: SnapshotRef, store: Store,
                  scores: ScoreConfig | None, num_nodes: int) -> tuple[ScoreRows | None, str | None]:
     """``(rows to gather, weights digest)`` when this evaluation also writes the ``scores`` output
-    the scoring stage would compute for these weights (``scores`` given, and no such output
-    published yet); ``(None, None)`` otherwise."""
+    the scoring stage would compute for the weights of ``saved`` (the run's loaded model record;
+    ``scores`` given, and no such output published yet); ``(None, None)`` otherwise."""
     if scores is None:
         return None, None
-    record = Checkpoints.at(train_result.checkpoint_dir).model_bytes()
-    if record is None:
-        return None, None
-    digest = weights_digest(record)
+    digest = weights_digest(saved)
     if store.output(snapshot.name, "scores", scores_key(digest, node_data, scores)).reusable("scores"):
         return None, None
     return ScoreRows(num_nodes, scores.top_k, scores.embeddings), digest
@@ -125,7 +122,7 @@ def evaluate_model(
     model, saved = load_trained(train_result.checkpoint_dir)
     n = graph.num_nodes
     sample = np.sort(np.random.default_rng(seed).choice(n, size=min(embedding_nodes, n), replace=False))
-    rows, digest = _scores_rows(train_result, node_data, snapshot, store, scores, n)
+    rows, digest = _scores_rows(saved, node_data, snapshot, store, scores, n)
     pred, confidence, hidden = _infer(model, graph, resolve_device(device), workers,
                                       Checkpoints.at(train_result.checkpoint_dir).local_dir(), reopen, sample, rows)
     y, split = np.array(graph.y), np.array(graph.split)
