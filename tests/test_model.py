@@ -104,6 +104,7 @@ def test_inference_reading_sources_in_small_windows_is_exact(tmp_path, monkeypat
     whole = _whole(graph, model)
     expected = model(whole.x, whole.adj).detach().numpy()
     monkeypatch.setattr(inference_mod, "WINDOW_BYTES", 64)  # 2-8 rows per window
+    monkeypatch.setattr(inference_mod, "CHUNK_BYTES", 64)  # the transform streamed in chunks of 2-8 rows
     got = np.full_like(expected, np.nan)
     for blk in iter_full_graph(model, mapped, torch.device("cpu"), block_nodes=15, scratch_dir=tmp_path):
         got[blk.start : blk.stop] = blk.logits
