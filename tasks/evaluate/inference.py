@@ -53,8 +53,8 @@ class OutputBlock:
 # rows of a layer's source array read per window (one sparse product per window and row block):
 # a constant, so memory still does not grow with the graph. Each window costs a pass over the
 # block's output rows, so fewer, larger windows are faster: on the 2.47M-node Amazon2M-shaped graph
-# (2-layer GCN, 128 hidden), one full-graph inference took 22-25 s with 32 MB windows (peak RSS
-# ~0.65 GB) and 17.6 s with 256 MB (~1.3 GB, page cache of the mapped arrays included)
+# (2-layer GCN, 128 hidden, 2 threads, quiet machine), one full-graph inference took 24-27 s with
+# 32 MB windows (peak RSS 0.65 GB) and 17-19 s with 256 MB (0.85 GB; benchmarks/RESULTS.md)
 WINDOW_BYTES = 256 << 20
 CHUNK_BYTES = 32 << 20  # rows of a layer input transformed at a time (larger chunks gain nothing)
 
